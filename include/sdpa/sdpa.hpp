@@ -1,0 +1,127 @@
+// sdpa — exact, fast, memory-efficient scaled dot-product attention on CPU.
+//
+//   out = softmax(Q·Kᵀ·scale + bias) · V        scale = 1/sqrt(Dk) unless given
+//
+// This is the one public header. Tensors are views: a pointer, a dtype, a shape and strides counted
+// in elements (any strides, so [B, L, H, D] memory works without a copy; a stride of 0 broadcasts).
+//
+//   q   [B, Hq,  Lq, Dk]      k   [B, Hkv, Lk, Dk]      v   [B, Hkv, Lk, Dv]
+//   out [B, Hq,  Lq, Dv]      lse [B, Hq,  Lq]          weights [B, Hq, Lq, Lk]
+//   mask / bias [B|1, Hq|1, Lq|1, Lk|1]   (a size-1 dimension broadcasts)
+//
+// Hq must be a multiple of Hkv (grouped-query / multi-query attention): query head h reads key/value
+// head h / (Hq / Hkv).
+//
+// Every function validates all of its arguments before it writes anything: on error it throws
+// sdpa::Error, whose message names the argument, the expected and the given value, and no output
+// has been touched.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+
+namespace sdpa {
+
+/// Thrown for invalid arguments: the message names the argument, what was expected, what was given.
+class Error : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+enum class DType : std::uint8_t { f32, f64, f16, bf16, boolean, i32, i64 };
+
+/// Bytes per element of `dtype`.
+std::size_t dtype_size(DType dtype);
+/// Short name of `dtype` ("f32", "bool", ...), as used in error messages.
+const char* dtype_name(DType dtype);
+
+/// A strided view of up to four dimensions. Strides are in elements and may be zero or negative.
+struct Tensor {
+  void* data = nullptr;
+  DType dtype = DType::f32;
+  int rank = 0;
+  std::array<std::int64_t, 4> shape{};
+  std::array<std::int64_t, 4> stride{};
+
+  /// A row-major (C order) view of `shape`.
+  static Tensor contiguous(void* data, DType dtype, std::initializer_list<std::int64_t> shape);
+  /// A view with explicit strides (in elements); `shape` and `stride` must have the same length.
+  static Tensor strided(void* data, DType dtype, std::initializer_list<std::int64_t> shape,
+                        std::initializer_list<std::int64_t> stride);
+
+  std::int64_t numel() const;
+};
+
+/// Where the causal diagonal sits when Lq != Lk.
+///   top_left:     query i sees keys j <= i                     (training, prefill from scratch)
+///   bottom_right: query i sees keys j <= i + (Lk - Lq)          (the last query sees every key: KV cache)
+/// With per-batch lengths, Lq and Lk are that batch entry's query_lengths / key_lengths.
+enum class Causal { none, top_left, bottom_right };
+
+/// Sliding window around each query's diagonal position p (p = i, or i + Lk - Lq when the causal
+/// alignment is bottom_right): query i sees keys j with p - left <= j <= p + right.
+/// -1 means unbounded on that side. Combined with a causal mask, right is effectively 0.
+struct Window {
+  std::int64_t left = -1;
+  std::int64_t right = -1;
+};
+
+/// Instruction set of the kernels. `automatic` picks the best the CPU has (CPUID, once); naming one
+/// the CPU lacks is an error. The environment variable SDPA_ISA=scalar|avx2|avx512 overrides
+/// `automatic`.
+enum class Isa { automatic, scalar, avx2, avx512 };
+
+const char* isa_name(Isa isa);
+/// The best instruction set this CPU supports (never `automatic`).
+Isa best_isa();
+
+struct Options {
+  std::optional<float> scale;             ///< default 1/sqrt(Dk); must be finite
+  Causal causal = Causal::none;
+  std::optional<Tensor> mask;             ///< bool, true = attend; [B|1, Hq|1, Lq|1, Lk|1]
+  std::optional<Tensor> bias;             ///< f32, added to the scaled logits; -inf allowed; same broadcast
+  std::optional<Window> window;
+  std::span<const std::int32_t> key_lengths;    ///< empty, or [B]: keys j >= key_lengths[b] are padding
+  std::span<const std::int32_t> query_lengths;  ///< empty, or [B]: rows i >= query_lengths[b] are padding,
+                                                ///< written as out = 0, lse = -inf, weights = 0
+  int threads = 0;                        ///< 0 = all available (OpenMP)
+  std::size_t workspace_limit = 0;        ///< bytes of scratch memory allowed; 0 = unlimited
+  Isa isa = Isa::automatic;
+};
+
+struct Outputs {
+  Tensor out;                             ///< f32 [B, Hq, Lq, Dv], required
+  std::optional<Tensor> lse;              ///< f32 [B, Hq, Lq]: natural-log log-sum-exp of each row's logits
+  std::optional<Tensor> weights;          ///< f32 [B, Hq, Lq, Lk]: the softmax probabilities (O(L²) memory)
+};
+
+/// What a call did, for summaries and benchmarks.
+struct RunInfo {
+  Isa isa = Isa::automatic;               ///< the instruction set the kernels ran with
+  int threads = 0;                        ///< threads used
+  double flops = 0;                       ///< 4·Dk-and-Dv-weighted multiply-adds of visible (query, key) pairs:
+                                          ///< 2·(Dk + Dv) per visible pair
+  std::size_t workspace_bytes = 0;        ///< scratch memory allocated
+};
+
+/// The fused, tiled forward pass with online softmax: never materializes the Lq×Lk matrix unless
+/// `outputs.weights` is given. fp32 in, fp32 out. A row with no visible key gives out = 0 and
+/// lse = -inf. Results are bitwise identical for every thread count.
+RunInfo forward(const Tensor& q, const Tensor& k, const Tensor& v, const Options& options,
+                const Outputs& outputs);
+
+/// Floating-point operations of a forward call with these shapes and options, counting
+/// 2·(Dk + Dv) per visible (query, key) pair (exact for masks given by causal / window / lengths;
+/// a bool mask or bias is not inspected).
+double forward_flops(const Tensor& q, const Tensor& k, const Tensor& v, const Options& options);
+
+/// The library version, "MAJOR.MINOR.PATCH".
+const char* version();
+
+}  // namespace sdpa

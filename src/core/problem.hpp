@@ -1,0 +1,61 @@
+// Problem: the one validated description of an attention call that every algorithm reads.
+// Front ends (C++ API, CLI, Python) build it only through validate(); no kernel re-checks shapes.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+
+#include "sdpa/sdpa.hpp"
+
+namespace sdpa {
+
+/// A float tensor of rank ≤ 4 resolved to element strides of a [B, H, Lq, Lk]-style index.
+/// Broadcast dimensions have stride 0, so element (b, h, i, j) is data[b*s0 + h*s1 + i*s2 + j*s3].
+template <typename T>
+struct View4 {
+  T* data = nullptr;
+  std::int64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  T& at(std::int64_t b, std::int64_t h, std::int64_t i, std::int64_t j) const {
+    return data[b * s0 + h * s1 + i * s2 + j * s3];
+  }
+};
+
+struct Problem {
+  // Sizes. group = Hq / Hkv query heads share one key/value head.
+  std::int64_t batch = 0, heads_q = 0, heads_kv = 0, group = 1;
+  std::int64_t len_q = 0, len_k = 0, dim_k = 0, dim_v = 0;
+  float scale = 1.0f;
+
+  View4<const float> q, k, v;        // [B, Hq|Hkv, L, D]
+  View4<float> out;                  // [B, Hq, Lq, Dv]
+  std::optional<View4<float>> lse;   // [B, Hq, Lq] as (b, h, i, 0)
+  std::optional<View4<float>> weights;
+  std::optional<View4<const std::uint8_t>> mask;  // bool as bytes, broadcast strides
+  std::optional<View4<const float>> bias;
+
+  Causal causal = Causal::none;
+  std::int64_t window_left = -1, window_right = -1;  // -1 = unbounded
+  std::span<const std::int32_t> key_lengths, query_lengths;
+
+  int threads = 1;
+  std::size_t workspace_limit = 0;
+  Isa isa = Isa::scalar;
+
+  std::int64_t query_length(std::int64_t b) const {
+    return query_lengths.empty() ? len_q : query_lengths[static_cast<std::size_t>(b)];
+  }
+  std::int64_t key_length(std::int64_t b) const {
+    return key_lengths.empty() ? len_k : key_lengths[static_cast<std::size_t>(b)];
+  }
+};
+
+/// Checks every argument of a forward call and resolves it into a Problem. Throws sdpa::Error
+/// naming the argument, the expected and the given value. Writes nothing.
+Problem validate_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Options& options,
+                         const Outputs& outputs);
+
+/// Like validate_forward but without outputs (for FLOP counting and planning).
+Problem validate_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Options& options);
+
+}  // namespace sdpa

@@ -1,0 +1,213 @@
+// validate_forward: every check of a forward call's arguments, in one place.
+#include <omp.h>
+
+#include <cmath>
+#include <string>
+
+#include "core/errors.hpp"
+#include "core/isa.hpp"
+#include "core/problem.hpp"
+
+namespace sdpa {
+namespace {
+
+void check_rank(const Tensor& t, const char* name, int rank) {
+  if (t.rank != rank)
+    fail(name, ".rank: expected ", rank, " (", rank == 4 ? "[B, H, L, D]" : "[B, H, L]", "), got ",
+         t.rank);
+}
+
+void check_dtype(const Tensor& t, const char* name, DType dtype) {
+  if (t.dtype != dtype)
+    fail(name, ".dtype: expected ", dtype_name(dtype), ", got ", dtype_name(t.dtype));
+}
+
+void check_data(const Tensor& t, const char* name) {
+  if (t.data == nullptr && t.numel() > 0) fail(name, ".data: expected a non-null pointer, got null");
+}
+
+void check_shape_nonnegative(const Tensor& t, const char* name) {
+  for (int d = 0; d < t.rank; ++d)
+    if (t.shape[d] < 0) fail(name, ".shape[", d, "] = ", t.shape[d], ": expected >= 0");
+}
+
+void check_dim(const Tensor& t, const char* name, int d, const char* what, std::int64_t expected,
+               const char* expected_from) {
+  if (t.shape[d] != expected)
+    fail(name, ".shape[", d, "] (", what, ") = ", t.shape[d], " does not match ", expected_from,
+         " = ", expected);
+}
+
+// Outputs must not write one element twice: a zero stride on a dimension longer than 1 would.
+void check_writable(const Tensor& t, const char* name) {
+  for (int d = 0; d < t.rank; ++d)
+    if (t.shape[d] > 1 && t.stride[d] == 0)
+      fail(name, ".stride[", d, "] = 0 on a dimension of size ", t.shape[d],
+           ": outputs cannot broadcast");
+}
+
+template <typename T>
+View4<T> view_of(const Tensor& t) {
+  View4<T> view;
+  view.data = static_cast<T*>(t.data);
+  const int pad = 4 - t.rank;  // missing leading dimensions broadcast
+  std::int64_t strides[4] = {0, 0, 0, 0};
+  for (int d = 0; d < t.rank; ++d) strides[pad + d] = t.shape[d] == 1 ? 0 : t.stride[d];
+  view.s0 = strides[0];
+  view.s1 = strides[1];
+  view.s2 = strides[2];
+  view.s3 = strides[3];
+  return view;
+}
+
+// A mask or bias: rank 1..4, right-aligned against [B, Hq, Lq, Lk]; each dimension full or 1.
+template <typename T>
+View4<T> broadcast_view(const Tensor& t, const char* name, DType dtype, const Problem& p) {
+  check_dtype(t, name, dtype);
+  if (t.rank < 1 || t.rank > 4)
+    fail(name, ".rank: expected 1 to 4 (broadcastable to [B, Hq, Lq, Lk]), got ", t.rank);
+  check_shape_nonnegative(t, name);
+  check_data(t, name);
+  const std::int64_t full[4] = {p.batch, p.heads_q, p.len_q, p.len_k};
+  const char* const full_names[4] = {"B", "Hq", "Lq", "Lk"};
+  const int pad = 4 - t.rank;
+  for (int d = 0; d < t.rank; ++d) {
+    const std::int64_t want = full[pad + d];
+    if (t.shape[d] != want && t.shape[d] != 1)
+      fail(name, ".shape[", d, "] = ", t.shape[d], ": expected ", full_names[pad + d], " = ", want,
+           " or 1 (broadcast)");
+  }
+  return view_of<T>(t);
+}
+
+std::span<const std::int32_t> checked_lengths(std::span<const std::int32_t> lengths,
+                                              const char* name, std::int64_t batch,
+                                              std::int64_t max_len, const char* max_name) {
+  if (lengths.empty()) return lengths;
+  if (static_cast<std::int64_t>(lengths.size()) != batch)
+    fail(name, ".size(): expected B = ", batch, ", got ", lengths.size());
+  for (std::size_t b = 0; b < lengths.size(); ++b)
+    if (lengths[b] < 0 || lengths[b] > max_len)
+      fail(name, "[", b, "] = ", lengths[b], ": expected 0 <= length <= ", max_name, " = ",
+           max_len);
+  return lengths;
+}
+
+}  // namespace
+
+Problem validate_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Options& options) {
+  check_rank(q, "q", 4);
+  check_rank(k, "k", 4);
+  check_rank(v, "v", 4);
+  check_dtype(q, "q", DType::f32);
+  check_dtype(k, "k", DType::f32);
+  check_dtype(v, "v", DType::f32);
+  check_shape_nonnegative(q, "q");
+  check_shape_nonnegative(k, "k");
+  check_shape_nonnegative(v, "v");
+
+  Problem p;
+  p.batch = q.shape[0];
+  p.heads_q = q.shape[1];
+  p.len_q = q.shape[2];
+  p.dim_k = q.shape[3];
+  p.heads_kv = k.shape[1];
+  p.len_k = k.shape[2];
+  p.dim_v = v.shape[3];
+
+  check_dim(k, "k", 0, "B", p.batch, "q.shape[0]");
+  check_dim(v, "v", 0, "B", p.batch, "q.shape[0]");
+  check_dim(k, "k", 3, "Dk", p.dim_k, "q.shape[3]");
+  check_dim(v, "v", 1, "Hkv", p.heads_kv, "k.shape[1]");
+  check_dim(v, "v", 2, "Lk", p.len_k, "k.shape[2]");
+  if (p.dim_k < 1) fail("q.shape[3] (Dk) = ", p.dim_k, ": expected >= 1");
+  if (p.dim_v < 1) fail("v.shape[3] (Dv) = ", p.dim_v, ": expected >= 1");
+  if (p.heads_kv < 1) fail("k.shape[1] (Hkv) = ", p.heads_kv, ": expected >= 1");
+  if (p.heads_q % p.heads_kv != 0)
+    fail("q.shape[1] (Hq) = ", p.heads_q, ": expected a multiple of k.shape[1] (Hkv) = ",
+         p.heads_kv);
+  p.group = p.heads_q / p.heads_kv;
+  check_data(q, "q");
+  check_data(k, "k");
+  check_data(v, "v");
+  p.q = view_of<const float>(q);
+  p.k = view_of<const float>(k);
+  p.v = view_of<const float>(v);
+
+  if (options.scale) {
+    if (!std::isfinite(*options.scale))
+      fail("options.scale = ", *options.scale, ": expected a finite number");
+    p.scale = *options.scale;
+  } else {
+    p.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(p.dim_k)));
+  }
+  p.causal = options.causal;
+  if (options.window) {
+    const Window& w = *options.window;
+    if (w.left < -1) fail("options.window.left = ", w.left, ": expected >= 0, or -1 for unbounded");
+    if (w.right < -1)
+      fail("options.window.right = ", w.right, ": expected >= 0, or -1 for unbounded");
+    p.window_left = w.left;
+    p.window_right = w.right;
+  }
+  if (options.mask) p.mask = broadcast_view<const std::uint8_t>(*options.mask, "options.mask", DType::boolean, p);
+  if (options.bias) p.bias = broadcast_view<const float>(*options.bias, "options.bias", DType::f32, p);
+  p.key_lengths =
+      checked_lengths(options.key_lengths, "options.key_lengths", p.batch, p.len_k, "Lk");
+  p.query_lengths =
+      checked_lengths(options.query_lengths, "options.query_lengths", p.batch, p.len_q, "Lq");
+
+  if (options.threads < 0) fail("options.threads = ", options.threads, ": expected >= 0 (0 = all)");
+  p.threads = options.threads > 0 ? options.threads : omp_get_max_threads();
+  p.workspace_limit = options.workspace_limit;
+  p.isa = resolve_isa(options.isa);
+  return p;
+}
+
+Problem validate_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Options& options,
+                         const Outputs& outputs) {
+  Problem p = validate_inputs(q, k, v, options);
+
+  const Tensor& out = outputs.out;
+  check_rank(out, "out", 4);
+  check_dtype(out, "out", DType::f32);
+  check_dim(out, "out", 0, "B", p.batch, "q.shape[0]");
+  check_dim(out, "out", 1, "Hq", p.heads_q, "q.shape[1]");
+  check_dim(out, "out", 2, "Lq", p.len_q, "q.shape[2]");
+  check_dim(out, "out", 3, "Dv", p.dim_v, "v.shape[3]");
+  check_writable(out, "out");
+  check_data(out, "out");
+  p.out = view_of<float>(out);
+
+  if (outputs.lse) {
+    const Tensor& lse = *outputs.lse;
+    check_rank(lse, "lse", 3);
+    check_dtype(lse, "lse", DType::f32);
+    check_dim(lse, "lse", 0, "B", p.batch, "q.shape[0]");
+    check_dim(lse, "lse", 1, "Hq", p.heads_q, "q.shape[1]");
+    check_dim(lse, "lse", 2, "Lq", p.len_q, "q.shape[2]");
+    check_writable(lse, "lse");
+    check_data(lse, "lse");
+    View4<float> view;
+    view.data = static_cast<float*>(lse.data);
+    view.s0 = lse.stride[0];
+    view.s1 = lse.stride[1];
+    view.s2 = lse.stride[2];
+    p.lse = view;
+  }
+  if (outputs.weights) {
+    const Tensor& w = *outputs.weights;
+    check_rank(w, "weights", 4);
+    check_dtype(w, "weights", DType::f32);
+    check_dim(w, "weights", 0, "B", p.batch, "q.shape[0]");
+    check_dim(w, "weights", 1, "Hq", p.heads_q, "q.shape[1]");
+    check_dim(w, "weights", 2, "Lq", p.len_q, "q.shape[2]");
+    check_dim(w, "weights", 3, "Lk", p.len_k, "k.shape[2]");
+    check_writable(w, "weights");
+    check_data(w, "weights");
+    p.weights = view_of<float>(w);
+  }
+  return p;
+}
+
+}  // namespace sdpa
