@@ -1,0 +1,278 @@
+// The forward driver: validate, plan the work partition, pack keys/values, run the per-ISA kernel
+// over query blocks on OpenMP threads.
+//
+// Determinism: every output row is computed by exactly one work item, from the same key tiles in
+// the same order, whatever thread runs it. So the result is bitwise identical for any thread count
+// and any schedule, and the schedule is free to balance work (largest items first, dynamic).
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "core/errors.hpp"
+#include "core/mask.hpp"
+#include "core/problem.hpp"
+#include "core/workspace.hpp"
+#include "kernels/flash_forward.hpp"
+
+namespace sdpa {
+namespace {
+
+using kernels::FlashKernel;
+
+const FlashKernel& kernel_for(Isa isa) {
+  switch (isa) {
+    case Isa::avx512: return kernels::flash_kernel_avx512();
+    case Isa::avx2: return kernels::flash_kernel_avx2();
+    default: return kernels::flash_kernel_scalar();
+  }
+}
+
+std::int64_t round_up(std::int64_t x, std::int64_t to) { return (x + to - 1) / to * to; }
+
+// Memory plan of one call: packed key/value heads are prepared a chunk of (batch, kv-head) groups
+// at a time; each thread has its own scratch for one query block.
+struct Plan {
+  const FlashKernel* kernel = nullptr;
+  std::int64_t panel = 0, len_k_padded = 0, dim_v_padded = 0;
+  std::int64_t k_pack_floats = 0, v_pack_floats = 0;  // per (batch, kv-head)
+  std::int64_t groups = 0, groups_per_chunk = 1;
+  std::int64_t query_blocks = 0;
+  std::size_t scratch_floats = 0;  // per thread
+  int threads = 1;
+
+  std::size_t group_floats() const { return static_cast<std::size_t>(k_pack_floats + v_pack_floats); }
+  std::size_t workspace_bytes() const {
+    return (group_floats() * static_cast<std::size_t>(groups_per_chunk) +
+            scratch_floats * static_cast<std::size_t>(threads)) * sizeof(float);
+  }
+};
+
+constexpr std::size_t kDefaultPackBudget = std::size_t{64} << 20;  // bytes of packed K/V at once
+
+Plan make_plan(const Problem& p) {
+  Plan plan;
+  plan.kernel = &kernel_for(p.isa);
+  const FlashKernel& k = *plan.kernel;
+  plan.panel = k.panel;
+  plan.len_k_padded = round_up(p.len_k, k.panel);
+  plan.dim_v_padded = round_up(p.dim_v, k.panel);
+  plan.k_pack_floats = plan.len_k_padded * p.dim_k;
+  plan.v_pack_floats = plan.len_k_padded * plan.dim_v_padded;
+  plan.groups = p.batch * p.heads_kv;
+  plan.query_blocks = (p.len_q + k.block_rows - 1) / k.block_rows;
+  plan.threads = p.threads;
+  // q_packed + scores + acc + row state (4 rows of floats) + key ranges (2 rows of int64)
+  plan.scratch_floats = static_cast<std::size_t>(k.block_rows) *
+                        static_cast<std::size_t>(p.dim_k + k.block_keys + plan.dim_v_padded + 4 + 4);
+
+  const std::size_t group_bytes = plan.group_floats() * sizeof(float);
+  const std::size_t scratch_bytes = plan.scratch_floats * sizeof(float) * static_cast<std::size_t>(plan.threads);
+  std::size_t pack_budget = kDefaultPackBudget;
+  if (p.workspace_limit > 0) {
+    const std::size_t minimum = group_bytes + scratch_bytes;
+    if (p.workspace_limit < minimum)
+      fail("options.workspace_limit = ", p.workspace_limit,
+           " bytes is too small: this call needs at least ", minimum, " bytes (", group_bytes,
+           " for one packed key/value head + ", plan.threads, " threads x ",
+           plan.scratch_floats * sizeof(float), " bytes of scratch)");
+    pack_budget = p.workspace_limit - scratch_bytes;
+  }
+  const std::int64_t fit = group_bytes == 0 ? plan.groups : static_cast<std::int64_t>(pack_budget / group_bytes);
+  plan.groups_per_chunk = std::max<std::int64_t>(1, std::min<std::int64_t>(plan.groups, fit));
+  return plan;
+}
+
+// K of one (batch, kv-head), keys [panel_begin·NR, panel_end·NR), transposed into panels
+// [panel][Dk][NR]; keys past Lk are zero.
+void pack_keys(const Problem& p, const Plan& plan, std::int64_t b, std::int64_t hk,
+               std::int64_t panel_begin, std::int64_t panel_end, float* k_panels) {
+  const std::int64_t nr = plan.panel;
+  for (std::int64_t panel = panel_begin; panel < panel_end; ++panel) {
+    float* dst = k_panels + panel * p.dim_k * nr;
+    for (std::int64_t n = 0; n < nr; ++n) {
+      const std::int64_t j = panel * nr + n;
+      if (j >= p.len_k) {
+        for (std::int64_t d = 0; d < p.dim_k; ++d) dst[d * nr + n] = 0.0f;
+        continue;
+      }
+      const float* src = &p.k.at(b, hk, j, 0);
+      for (std::int64_t d = 0; d < p.dim_k; ++d) dst[d * nr + n] = src[d * p.k.s3];
+    }
+  }
+}
+
+// V of one (batch, kv-head), keys [key_begin, key_end), into panels [Dv / NR][Lk_padded][NR];
+// columns past Dv and keys past Lk are zero.
+void pack_values(const Problem& p, const Plan& plan, std::int64_t b, std::int64_t hk,
+                 std::int64_t key_begin, std::int64_t key_end, float* v_panels) {
+  const std::int64_t nr = plan.panel;
+  for (std::int64_t j = key_begin; j < key_end; ++j) {
+    const float* src = j < p.len_k ? &p.v.at(b, hk, j, 0) : nullptr;
+    for (std::int64_t col = 0; col < plan.dim_v_padded; ++col) {
+      float* dst = v_panels + (col / nr) * plan.len_k_padded * nr + j * nr + col % nr;
+      *dst = (src != nullptr && col < p.dim_v) ? src[col * p.v.s3] : 0.0f;
+    }
+  }
+}
+
+// One unit of parallel work: a block of query rows of one (batch, query head).
+struct WorkItem {
+  std::int64_t group_in_chunk, head, block;  // head is the query head
+  std::int64_t cost;                         // key tiles it will visit (for load balancing)
+};
+
+std::int64_t block_cost(const Problem& p, std::int64_t b, std::int64_t row_begin, std::int64_t row_end) {
+  std::int64_t first = p.len_k, last = 0;
+  for (std::int64_t i = row_begin; i < row_end; ++i) {
+    const KeyRange r = visible_keys(p, b, i);
+    if (r.empty()) continue;
+    first = std::min(first, r.begin);
+    last = std::max(last, r.end);
+  }
+  return last > first ? last - first : 0;
+}
+
+// Work items of the groups [chunk_begin, chunk_end), most expensive first (ties in index order).
+std::vector<WorkItem> make_work_items(const Problem& p, const Plan& plan, std::int64_t chunk_begin,
+                                      std::int64_t chunk_end) {
+  const std::int64_t rows = plan.kernel->block_rows;
+  std::vector<WorkItem> items;
+  for (std::int64_t g = chunk_begin; g < chunk_end; ++g) {
+    const std::int64_t b = g / p.heads_kv, hk = g % p.heads_kv;
+    for (std::int64_t qb = 0; qb < plan.query_blocks; ++qb) {
+      const std::int64_t cost = block_cost(p, b, qb * rows, std::min(p.len_q, (qb + 1) * rows));
+      for (std::int64_t h = hk * p.group; h < (hk + 1) * p.group; ++h)
+        items.push_back({g - chunk_begin, h, qb, cost});
+    }
+  }
+  std::stable_sort(items.begin(), items.end(),
+                   [](const WorkItem& a, const WorkItem& b) { return a.cost > b.cost; });
+  return items;
+}
+
+// Runs the kernel on one work item.
+void run_item(const Problem& p, const Plan& plan, const WorkItem& item, std::int64_t chunk_begin,
+              const float* packed, float* scratch) {
+  const FlashKernel& kernel = *plan.kernel;
+  const std::int64_t g = chunk_begin + item.group_in_chunk;
+  const std::int64_t b = g / p.heads_kv, h = item.head;
+  const std::int64_t i0 = item.block * kernel.block_rows;
+  const int rows = static_cast<int>(std::min<std::int64_t>(kernel.block_rows, p.len_q - i0));
+
+  kernels::Scratch s;
+  s.q_packed = scratch;
+  s.scores = s.q_packed + kernel.block_rows * p.dim_k;
+  s.acc = s.scores + kernel.block_rows * kernel.block_keys;
+  s.row_state = s.acc + kernel.block_rows * plan.dim_v_padded;
+  auto* key_begin = reinterpret_cast<std::int64_t*>(s.row_state + 4 * kernel.block_rows);
+  std::int64_t* key_end = key_begin + kernel.block_rows;
+  for (int r = 0; r < rows; ++r) {
+    const KeyRange range = visible_keys(p, b, i0 + r);
+    key_begin[r] = range.begin;
+    key_end[r] = range.end;
+  }
+
+  kernels::PackedKeysValues kv;
+  const float* group_pack = packed + item.group_in_chunk * static_cast<std::int64_t>(plan.group_floats());
+  kv.k_panels = group_pack;
+  kv.v_panels = group_pack + plan.k_pack_floats;
+  kv.len_k_padded = plan.len_k_padded;
+
+  kernels::QueryBlock blk;
+  blk.rows = rows;
+  blk.q = &p.q.at(b, h, i0, 0);
+  blk.q_row_stride = p.q.s2;
+  blk.q_col_stride = p.q.s3;
+  blk.out = &p.out.at(b, h, i0, 0);
+  blk.out_row_stride = p.out.s2;
+  blk.out_col_stride = p.out.s3;
+  if (p.lse) {
+    blk.lse = &p.lse->at(b, h, i0, 0);
+    blk.lse_stride = p.lse->s2;
+  }
+  if (p.weights) {
+    blk.weights = &p.weights->at(b, h, i0, 0);
+    blk.weights_row_stride = p.weights->s2;
+    blk.weights_col_stride = p.weights->s3;
+  }
+  blk.key_begin = key_begin;
+  blk.key_end = key_end;
+  if (p.mask) {
+    blk.mask = &p.mask->at(b, h, i0, 0);
+    blk.mask_row_stride = p.mask->s2;
+    blk.mask_col_stride = p.mask->s3;
+  }
+  if (p.bias) {
+    blk.bias = &p.bias->at(b, h, i0, 0);
+    blk.bias_row_stride = p.bias->s2;
+    blk.bias_col_stride = p.bias->s3;
+  }
+  const kernels::BlockShape shape{p.len_k, p.dim_k, p.dim_v, p.scale};
+  kernel.forward_block(shape, kv, blk, s);
+}
+
+void run_forward(const Problem& p, const Plan& plan) {
+  if (p.batch == 0 || p.heads_q == 0 || p.len_q == 0) return;
+  const std::size_t pack_floats = plan.group_floats() * static_cast<std::size_t>(plan.groups_per_chunk);
+  const Workspace packed = acquire_workspace(pack_floats * sizeof(float));
+  const Workspace scratch =
+      acquire_workspace(plan.scratch_floats * static_cast<std::size_t>(plan.threads) * sizeof(float));
+  const std::int64_t pack_step = std::max<std::int64_t>(256, plan.panel);  // keys per packing task
+  const std::int64_t pack_tasks = (plan.len_k_padded + pack_step - 1) / pack_step;
+  std::vector<WorkItem> items;
+
+#pragma omp parallel num_threads(plan.threads)
+  {
+    float* my_scratch = scratch.floats() + plan.scratch_floats * static_cast<std::size_t>(omp_get_thread_num());
+    for (std::int64_t chunk = 0; chunk < plan.groups; chunk += plan.groups_per_chunk) {
+      const std::int64_t chunk_end = std::min(plan.groups, chunk + plan.groups_per_chunk);
+#pragma omp single
+      items = make_work_items(p, plan, chunk, chunk_end);
+#pragma omp for schedule(static)
+      for (std::int64_t task = 0; task < (chunk_end - chunk) * pack_tasks; ++task) {
+        const std::int64_t g = task / pack_tasks, piece = task % pack_tasks;
+        const std::int64_t b = (chunk + g) / p.heads_kv, hk = (chunk + g) % p.heads_kv;
+        const std::int64_t key_begin = piece * pack_step;
+        const std::int64_t key_end = std::min(plan.len_k_padded, key_begin + pack_step);
+        float* group_pack = packed.floats() + g * static_cast<std::int64_t>(plan.group_floats());
+        pack_keys(p, plan, b, hk, key_begin / plan.panel, key_end / plan.panel, group_pack);
+        pack_values(p, plan, b, hk, key_begin, key_end, group_pack + plan.k_pack_floats);
+      }
+#pragma omp for schedule(dynamic, 1)
+      for (std::size_t w = 0; w < items.size(); ++w)
+        run_item(p, plan, items[w], chunk, packed.floats(), my_scratch);
+    }
+  }
+}
+
+double visible_pair_flops(const Problem& p) {
+  double pairs = 0;
+  for (std::int64_t b = 0; b < p.batch; ++b)
+    for (std::int64_t i = 0; i < p.len_q; ++i) {
+      const KeyRange r = visible_keys(p, b, i);
+      pairs += static_cast<double>(r.end - r.begin);
+    }
+  return pairs * static_cast<double>(p.heads_q) * 2.0 * static_cast<double>(p.dim_k + p.dim_v);
+}
+
+}  // namespace
+
+RunInfo forward(const Tensor& q, const Tensor& k, const Tensor& v, const Options& options,
+                const Outputs& outputs) {
+  const Problem p = validate_forward(q, k, v, options, outputs);
+  const Plan plan = make_plan(p);
+  run_forward(p, plan);
+  RunInfo info;
+  info.isa = p.isa;
+  info.threads = plan.threads;
+  info.flops = visible_pair_flops(p);
+  info.workspace_bytes = plan.workspace_bytes();
+  return info;
+}
+
+double forward_flops(const Tensor& q, const Tensor& k, const Tensor& v, const Options& options) {
+  return visible_pair_flops(validate_inputs(q, k, v, options));
+}
+
+}  // namespace sdpa

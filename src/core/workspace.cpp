@@ -1,0 +1,101 @@
+#include "core/workspace.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+#include <mutex>
+#include <new>
+#include <utility>
+#include <vector>
+
+namespace sdpa {
+namespace {
+
+struct Block {
+  void* data;
+  std::size_t bytes;
+};
+
+// At most kMaxPooled buffers are kept; the smallest goes first when the pool is full.
+constexpr std::size_t kMaxPooled = 4;
+
+struct Pool {
+  std::mutex mutex;
+  std::vector<Block> free_blocks;
+  ~Pool() {
+    for (const Block& b : free_blocks) std::free(b.data);
+  }
+};
+
+Pool& pool() {
+  static Pool instance;
+  return instance;
+}
+
+void give_back(void* data, std::size_t bytes) {
+  Pool& p = pool();
+  std::lock_guard lock(p.mutex);
+  p.free_blocks.push_back({data, bytes});
+  if (p.free_blocks.size() > kMaxPooled) {
+    auto smallest = std::min_element(p.free_blocks.begin(), p.free_blocks.end(),
+                                     [](const Block& a, const Block& b) { return a.bytes < b.bytes; });
+    std::free(smallest->data);
+    p.free_blocks.erase(smallest);
+  }
+}
+
+}  // namespace
+
+Workspace::Workspace(Workspace&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
+
+Workspace& Workspace::operator=(Workspace&& other) noexcept {
+  if (this != &other) {
+    if (data_ != nullptr) give_back(data_, bytes_);
+    data_ = std::exchange(other.data_, nullptr);
+    bytes_ = std::exchange(other.bytes_, 0);
+  }
+  return *this;
+}
+
+Workspace::~Workspace() {
+  if (data_ != nullptr) give_back(data_, bytes_);
+}
+
+Workspace acquire_workspace(std::size_t bytes) {
+  bytes = std::max<std::size_t>(64, (bytes + 63) / 64 * 64);
+  {
+    Pool& p = pool();
+    std::lock_guard lock(p.mutex);
+    // The smallest pooled block that is big enough, unless it is wastefully big (> 4x).
+    auto best = p.free_blocks.end();
+    for (auto it = p.free_blocks.begin(); it != p.free_blocks.end(); ++it)
+      if (it->bytes >= bytes && it->bytes / 4 <= bytes &&
+          (best == p.free_blocks.end() || it->bytes < best->bytes))
+        best = it;
+    if (best != p.free_blocks.end()) {
+      const Block b = *best;
+      p.free_blocks.erase(best);
+      return Workspace(b.data, b.bytes);
+    }
+  }
+  void* data = std::aligned_alloc(64, bytes);
+  if (data == nullptr) throw std::bad_alloc();
+  return Workspace(data, bytes);
+}
+
+void release_pooled_workspaces() {
+  Pool& p = pool();
+  std::lock_guard lock(p.mutex);
+  for (const Block& b : p.free_blocks) std::free(b.data);
+  p.free_blocks.clear();
+}
+
+std::size_t pooled_workspace_bytes() {
+  Pool& p = pool();
+  std::lock_guard lock(p.mutex);
+  std::size_t total = 0;
+  for (const Block& b : p.free_blocks) total += b.bytes;
+  return total;
+}
+
+}  // namespace sdpa

@@ -1,0 +1,74 @@
+// Interface between the forward driver (src/core/forward.cpp: validation, packing, threads) and the
+// per-ISA fused attention kernels (src/kernels/flash_forward_<isa>.cpp).
+//
+// Only plain structs here: the ISA translation units are compiled with different -m flags, so they
+// must not share inline functions with the rest of the library (the linker could pick an AVX-512
+// copy for the scalar path).
+#pragma once
+
+#include <cstdint>
+
+namespace sdpa::kernels {
+
+/// Keys and values of one (batch, kv-head), packed by the driver so the microkernels stream them
+/// with unit stride. NR = FlashKernel::panel.
+///   k_panels: [ceil(Lk / NR)][Dk][NR]          K transposed in panels of NR keys, zero past Lk
+///   v_panels: [ceil(Dv / NR)][len_k_padded][NR] V in panels of NR value columns, zero padded
+struct PackedKeysValues {
+  const float* k_panels = nullptr;
+  const float* v_panels = nullptr;
+  std::int64_t len_k_padded = 0;  // ceil(Lk / NR) * NR
+};
+
+/// Sizes shared by every block of one call.
+struct BlockShape {
+  std::int64_t len_k = 0, dim_k = 0, dim_v = 0;
+  float scale = 1.0f;
+};
+
+/// One block of consecutive query rows of one (batch, query head). Row r of the block is query row
+/// row_begin + r. Pointers address row r = 0, key / column 0; strides are in elements.
+struct QueryBlock {
+  int rows = 0;  // ≤ FlashKernel::block_rows
+  const float* q = nullptr;
+  std::int64_t q_row_stride = 0, q_col_stride = 0;
+  float* out = nullptr;
+  std::int64_t out_row_stride = 0, out_col_stride = 0;
+  float* lse = nullptr;  // optional
+  std::int64_t lse_stride = 0;
+  float* weights = nullptr;  // optional [rows][Lk]
+  std::int64_t weights_row_stride = 0, weights_col_stride = 0;
+  // Keys each row may see from causal / window / lengths (mask.hpp): key_begin[r] <= j < key_end[r].
+  const std::int64_t* key_begin = nullptr;
+  const std::int64_t* key_end = nullptr;
+  const std::uint8_t* mask = nullptr;  // optional bool, true = attend
+  std::int64_t mask_row_stride = 0, mask_col_stride = 0;
+  const float* bias = nullptr;  // optional additive bias
+  std::int64_t bias_row_stride = 0, bias_col_stride = 0;
+};
+
+/// Per-thread scratch memory, sized by the driver from FlashKernel's block sizes:
+///   q_packed [block_rows][dim_k], scores [block_rows][block_keys],
+///   acc [block_rows][ceil(Dv / NR) * NR], row_state [4][block_rows]
+struct Scratch {
+  float* q_packed = nullptr;
+  float* scores = nullptr;
+  float* acc = nullptr;
+  float* row_state = nullptr;
+};
+
+struct FlashKernel {
+  const char* name = "";
+  int panel = 0;       // NR: keys per K panel and value columns per V panel
+  int block_rows = 0;  // query rows per block
+  int block_keys = 0;  // keys per score tile (a multiple of panel)
+  /// Fused forward for one query block: out (and lse, weights when given) for its rows.
+  void (*forward_block)(const BlockShape&, const PackedKeysValues&, const QueryBlock&,
+                        const Scratch&) = nullptr;
+};
+
+const FlashKernel& flash_kernel_scalar();
+const FlashKernel& flash_kernel_avx2();
+const FlashKernel& flash_kernel_avx512();
+
+}  // namespace sdpa::kernels

@@ -1,0 +1,298 @@
+// The fused attention forward for one query block, written once over a SIMD abstraction and
+// compiled per instruction set. Include this file from an ISA translation unit AFTER defining,
+// in namespace sdpa::kernels::SDPA_KERNEL_NS::(anonymous):
+//   struct Simd      vector type V with kLanes floats and the ops used below (load, store, fma, ...)
+//   kMicroRows       query rows per register-blocked microkernel call
+//   kBlockRows       query rows per block (a multiple of kMicroRows)
+//   kBlockKeys       keys per score tile (a multiple of the panel width 2·kLanes)
+// and SDPA_KERNEL_NAME. Everything here has internal linkage except kernel(), whose namespace
+// names the ISA — so no code compiled with one ISA's flags can leak into another's.
+//
+// Per block of query rows (FlashAttention-2, forward):
+//   for each key tile:  S = Q·Kᵀ                      (microkernel, K packed in panels)
+//                       t = S·scale + bias, −inf where masked
+//                       m' = max(m, rowmax t);  P = exp(t − m');  l = l·exp(m − m') + rowsum P
+//                       acc = acc·exp(m − m') + P·V      (rescale only when the max grew)
+//   out = acc / l;  lse = m + log l;  a row with no visible key has l = 0: out = 0, lse = −inf.
+
+namespace sdpa::kernels::SDPA_KERNEL_NS {
+namespace {
+
+using V = Simd::V;
+constexpr int kLanes = Simd::kLanes;
+constexpr int kPanel = 2 * kLanes;  // NR: keys per K panel, value columns per V panel
+constexpr float kLog2e = 1.44269504088896340736f;
+constexpr float kNegInf = -__builtin_inff();
+
+static_assert(kBlockRows % kMicroRows == 0, "block rows must be whole microkernel row groups");
+static_assert(kBlockKeys % kPanel == 0, "a score tile must be whole key panels");
+
+inline std::int64_t min_i64(std::int64_t a, std::int64_t b) { return a < b ? a : b; }
+inline std::int64_t max_i64(std::int64_t a, std::int64_t b) { return a > b ? a : b; }
+inline std::int64_t round_up(std::int64_t x, std::int64_t to) { return (x + to - 1) / to * to; }
+
+// S[r][c] = Σ_d Q[r][d] · K[c][d] for kMicroRows rows and one panel of kPanel keys.
+//   q: [kMicroRows][dim_k] packed rows;  k_panel: [dim_k][kPanel];  s: rows of stride s_stride.
+void scores_microkernel(const float* q, std::int64_t dim_k, const float* k_panel, float* s,
+                        std::int64_t s_stride) {
+  V acc[kMicroRows][2];
+#pragma GCC unroll 16
+  for (int r = 0; r < kMicroRows; ++r) acc[r][0] = acc[r][1] = Simd::zero();
+  for (std::int64_t d = 0; d < dim_k; ++d) {
+    const V k0 = Simd::load(k_panel + d * kPanel);
+    const V k1 = Simd::load(k_panel + d * kPanel + kLanes);
+#pragma GCC unroll 16
+    for (int r = 0; r < kMicroRows; ++r) {
+      const V qv = Simd::set1(q[r * dim_k + d]);
+      acc[r][0] = Simd::fma(qv, k0, acc[r][0]);
+      acc[r][1] = Simd::fma(qv, k1, acc[r][1]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < kMicroRows; ++r) {
+    Simd::store(s + r * s_stride, acc[r][0]);
+    Simd::store(s + r * s_stride + kLanes, acc[r][1]);
+  }
+}
+
+// acc[r][0..kPanel) += Σ_c P[r][c] · V[c][0..kPanel) for kMicroRows rows over n_keys keys.
+//   p: rows of stride p_stride;  v_panel: [n_keys][kPanel];  acc: rows of stride acc_stride.
+void values_microkernel(const float* p, std::int64_t p_stride, const float* v_panel,
+                        std::int64_t n_keys, float* acc_rows, std::int64_t acc_stride) {
+  V acc[kMicroRows][2];
+#pragma GCC unroll 16
+  for (int r = 0; r < kMicroRows; ++r) {
+    acc[r][0] = Simd::load(acc_rows + r * acc_stride);
+    acc[r][1] = Simd::load(acc_rows + r * acc_stride + kLanes);
+  }
+  for (std::int64_t c = 0; c < n_keys; ++c) {
+    const V v0 = Simd::load(v_panel + c * kPanel);
+    const V v1 = Simd::load(v_panel + c * kPanel + kLanes);
+#pragma GCC unroll 16
+    for (int r = 0; r < kMicroRows; ++r) {
+      const V pv = Simd::set1(p[r * p_stride + c]);
+      acc[r][0] = Simd::fma(pv, v0, acc[r][0]);
+      acc[r][1] = Simd::fma(pv, v1, acc[r][1]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < kMicroRows; ++r) {
+    Simd::store(acc_rows + r * acc_stride, acc[r][0]);
+    Simd::store(acc_rows + r * acc_stride + kLanes, acc[r][1]);
+  }
+}
+
+// Everything one call of forward_block works on.
+struct BlockState {
+  const BlockShape& shape;
+  const PackedKeysValues& kv;
+  const QueryBlock& block;
+  int groups;              // microkernel row groups covering block.rows
+  std::int64_t dim_v_pad;  // acc row stride
+  float* q_packed;         // [groups·kMicroRows][dim_k]
+  float* scores;           // [groups·kMicroRows][kBlockKeys]
+  float* acc;              // [groups·kMicroRows][dim_v_pad]
+  float* row_max;          // m per row (natural-log units of the logits)
+  float* row_sum;          // l per row
+};
+
+void pack_queries(const BlockState& st) {
+  const QueryBlock& b = st.block;
+  const std::int64_t dim_k = st.shape.dim_k;
+  const int padded_rows = st.groups * kMicroRows;
+  for (int r = 0; r < padded_rows; ++r) {
+    float* dst = st.q_packed + r * dim_k;
+    if (r >= b.rows) {
+      for (std::int64_t d = 0; d < dim_k; ++d) dst[d] = 0.0f;
+      continue;
+    }
+    const float* src = b.q + r * b.q_row_stride;
+    if (b.q_col_stride == 1) {
+      for (std::int64_t d = 0; d < dim_k; ++d) dst[d] = src[d];
+    } else {
+      for (std::int64_t d = 0; d < dim_k; ++d) dst[d] = src[d * b.q_col_stride];
+    }
+  }
+}
+
+// scores[r][0..n_keys) = Q[r]·K[t0 + c] for every row group.
+void compute_scores(const BlockState& st, std::int64_t t0, std::int64_t n_keys) {
+  const std::int64_t dim_k = st.shape.dim_k;
+  for (std::int64_t c = 0; c < n_keys; c += kPanel) {
+    const float* k_panel = st.kv.k_panels + (t0 + c) / kPanel * (dim_k * kPanel);
+    for (int g = 0; g < st.groups; ++g)
+      scores_microkernel(st.q_packed + g * kMicroRows * dim_k, dim_k, k_panel,
+                         st.scores + g * kMicroRows * kBlockKeys + c, kBlockKeys);
+  }
+}
+
+// Turns row r's raw scores over keys [t0, t0 + n_keys) into logits t = S·scale + bias, with −inf
+// for keys the row may not see. Returns the row maximum.
+float logits_row(const BlockState& st, int r, std::int64_t t0, std::int64_t n_keys) {
+  const QueryBlock& b = st.block;
+  float* row = st.scores + r * kBlockKeys;
+  const std::int64_t lo = max_i64(b.key_begin[r], t0) - t0;  // visible columns [lo, hi)
+  const std::int64_t hi = min_i64(b.key_end[r], t0 + n_keys) - t0;
+  const V scale = Simd::set1(st.shape.scale);
+  if (lo >= hi) {
+    for (std::int64_t c = 0; c < n_keys; ++c) row[c] = kNegInf;
+    return kNegInf;
+  }
+  V vmax = Simd::set1(kNegInf);
+  if (lo == 0 && hi == n_keys && b.bias == nullptr && b.mask == nullptr) {
+    // Fully visible tile: scale and max in one pass.
+    for (std::int64_t c = 0; c < n_keys; c += kLanes) {
+      const V t = Simd::mul(Simd::load(row + c), scale);
+      Simd::store(row + c, t);
+      vmax = Simd::max(vmax, t);
+    }
+    return Simd::reduce_max(vmax);
+  }
+  for (std::int64_t c = 0; c < n_keys; c += kLanes) Simd::store(row + c, Simd::mul(Simd::load(row + c), scale));
+  for (std::int64_t c = 0; c < lo; ++c) row[c] = kNegInf;
+  for (std::int64_t c = hi; c < n_keys; ++c) row[c] = kNegInf;
+  if (b.bias != nullptr) {
+    const float* bias = b.bias + r * b.bias_row_stride + t0 * b.bias_col_stride;
+    for (std::int64_t c = lo; c < hi; ++c) row[c] += bias[c * b.bias_col_stride];
+  }
+  if (b.mask != nullptr) {
+    const std::uint8_t* mask = b.mask + r * b.mask_row_stride + t0 * b.mask_col_stride;
+    for (std::int64_t c = lo; c < hi; ++c)
+      if (mask[c * b.mask_col_stride] == 0) row[c] = kNegInf;
+  }
+  for (std::int64_t c = 0; c < n_keys; c += kLanes) vmax = Simd::max(vmax, Simd::load(row + c));
+  return Simd::reduce_max(vmax);
+}
+
+// row[c] = exp(row[c] − base) in place; returns the row sum. exp(−inf) = 0, NaN stays NaN.
+float exp_row(float* row, std::int64_t n_keys, float base) {
+  const V vbase = Simd::set1(base);
+  const V log2e = Simd::set1(kLog2e);
+  V vsum = Simd::zero();
+  for (std::int64_t c = 0; c < n_keys; c += kLanes) {
+    const V p = Simd::exp2(Simd::mul(Simd::sub(Simd::load(row + c), vbase), log2e));
+    Simd::store(row + c, p);
+    vsum = Simd::add(vsum, p);
+  }
+  return Simd::reduce_add(vsum);
+}
+
+// The online-softmax step for one score tile: scores become probabilities P (relative to the new
+// running max), running max/sum advance, and acc rows are rescaled where the max grew.
+void softmax_tile(const BlockState& st, std::int64_t t0, std::int64_t n_keys) {
+  for (int r = 0; r < st.block.rows; ++r) {
+    const float tile_max = logits_row(st, r, t0, n_keys);
+    const float old_max = st.row_max[r];
+    const float new_max = tile_max > old_max ? tile_max : old_max;
+    // While every key so far is masked the max is −inf; exponentiate against 0 instead so that
+    // masked logits give exp(−inf) = 0 rather than exp(−inf + inf) = NaN.
+    const float base = new_max == kNegInf ? 0.0f : new_max;
+    const float row_sum = exp_row(st.scores + r * kBlockKeys, n_keys, base);
+    const float alpha = __builtin_exp2f((old_max - base) * kLog2e);  // 0 when old_max = −inf
+    st.row_sum[r] = st.row_sum[r] * alpha + row_sum;
+    st.row_max[r] = new_max;
+    if (alpha != 1.0f) {  // lazy rescale: only when the running max grew
+      float* acc = st.acc + r * st.dim_v_pad;
+      const V va = Simd::set1(alpha);
+      for (std::int64_t d = 0; d < st.dim_v_pad; d += kLanes)
+        Simd::store(acc + d, Simd::mul(Simd::load(acc + d), va));
+    }
+  }
+  // Rows past the block's end (microkernel padding) contribute nothing.
+  for (int r = st.block.rows; r < st.groups * kMicroRows; ++r) {
+    float* row = st.scores + r * kBlockKeys;
+    for (std::int64_t c = 0; c < n_keys; ++c) row[c] = 0.0f;
+  }
+}
+
+// acc += P·V[t0 .. t0 + n_keys) for every row group and value panel.
+void accumulate_values(const BlockState& st, std::int64_t t0, std::int64_t n_keys) {
+  const std::int64_t panel_stride = st.kv.len_k_padded * kPanel;
+  for (std::int64_t col = 0; col < st.dim_v_pad; col += kPanel) {
+    const float* v_panel = st.kv.v_panels + col / kPanel * panel_stride + t0 * kPanel;
+    for (int g = 0; g < st.groups; ++g)
+      values_microkernel(st.scores + g * kMicroRows * kBlockKeys, kBlockKeys, v_panel, n_keys,
+                         st.acc + g * kMicroRows * st.dim_v_pad + col, st.dim_v_pad);
+  }
+}
+
+void write_outputs(const BlockState& st) {
+  const QueryBlock& b = st.block;
+  for (int r = 0; r < b.rows; ++r) {
+    const float l = st.row_sum[r];
+    // l = 0 exactly when the row saw no key; NaN (from a NaN input) stays NaN.
+    const float inv = l == 0.0f ? 0.0f : 1.0f / l;
+    const float* acc = st.acc + r * st.dim_v_pad;
+    float* out = b.out + r * b.out_row_stride;
+    for (std::int64_t d = 0; d < st.shape.dim_v; ++d) out[d * b.out_col_stride] = acc[d] * inv;
+    if (b.lse != nullptr)
+      b.lse[r * b.lse_stride] = l == 0.0f ? kNegInf : st.row_max[r] + __builtin_logf(l);
+  }
+}
+
+// Attention weights P = exp(t − lse), recomputed tile by tile once lse is known. Keys outside
+// every tile (and rows with no visible key) get 0.
+void write_weights(const BlockState& st, std::int64_t first, std::int64_t last) {
+  const QueryBlock& b = st.block;
+  for (int r = 0; r < b.rows; ++r)
+    for (std::int64_t j = 0; j < st.shape.len_k; ++j)
+      b.weights[r * b.weights_row_stride + j * b.weights_col_stride] = 0.0f;
+  for (std::int64_t t0 = first; t0 < last; t0 += kBlockKeys) {
+    const std::int64_t n_keys = min_i64(kBlockKeys, round_up(last - t0, kPanel));
+    compute_scores(st, t0, n_keys);
+    for (int r = 0; r < b.rows; ++r) {
+      const float l = st.row_sum[r];
+      if (l == 0.0f) continue;
+      logits_row(st, r, t0, n_keys);
+      float* row = st.scores + r * kBlockKeys;
+      exp_row(row, n_keys, st.row_max[r] + __builtin_logf(l));
+      const std::int64_t end = min_i64(n_keys, st.shape.len_k - t0);
+      float* w = b.weights + r * b.weights_row_stride + t0 * b.weights_col_stride;
+      for (std::int64_t c = 0; c < end; ++c) w[c * b.weights_col_stride] = row[c];
+    }
+  }
+}
+
+void forward_block(const BlockShape& shape, const PackedKeysValues& kv, const QueryBlock& block,
+                   const Scratch& scratch) {
+  const int groups = (block.rows + kMicroRows - 1) / kMicroRows;
+  const BlockState st{shape,           kv,
+                      block,           groups,
+                      round_up(shape.dim_v, kPanel),
+                      scratch.q_packed, scratch.scores,
+                      scratch.acc,     scratch.row_state,
+                      scratch.row_state + kBlockRows};
+
+  // The key tiles cover the union of the rows' visible ranges, starting on a panel boundary.
+  std::int64_t first = shape.len_k, last = 0;
+  for (int r = 0; r < block.rows; ++r) {
+    if (block.key_begin[r] >= block.key_end[r]) continue;
+    first = min_i64(first, block.key_begin[r]);
+    last = max_i64(last, block.key_end[r]);
+  }
+  first = first / kPanel * kPanel;
+
+  pack_queries(st);
+  for (std::int64_t i = 0; i < groups * kMicroRows * st.dim_v_pad; ++i) st.acc[i] = 0.0f;
+  for (int r = 0; r < kBlockRows; ++r) {
+    st.row_max[r] = kNegInf;
+    st.row_sum[r] = 0.0f;
+  }
+  for (std::int64_t t0 = first; t0 < last; t0 += kBlockKeys) {
+    const std::int64_t n_keys = min_i64(kBlockKeys, round_up(last - t0, kPanel));
+    compute_scores(st, t0, n_keys);
+    softmax_tile(st, t0, n_keys);
+    accumulate_values(st, t0, n_keys);
+  }
+  write_outputs(st);
+  if (block.weights != nullptr) write_weights(st, first, last);
+}
+
+}  // namespace
+
+const FlashKernel& kernel() {
+  static const FlashKernel k{SDPA_KERNEL_NAME, kPanel, kBlockRows, kBlockKeys, &forward_block};
+  return k;
+}
+
+}  // namespace sdpa::kernels::SDPA_KERNEL_NS
