@@ -107,11 +107,17 @@ void pack_keys(const Problem& p, const Plan& plan, std::int64_t b, std::int64_t 
 void pack_values(const Problem& p, const Plan& plan, std::int64_t b, std::int64_t hk,
                  std::int64_t key_begin, std::int64_t key_end, float* v_panels) {
   const std::int64_t nr = plan.panel;
-  for (std::int64_t j = key_begin; j < key_end; ++j) {
-    const float* src = j < p.len_k ? &p.v.at(b, hk, j, 0) : nullptr;
-    for (std::int64_t col = 0; col < plan.dim_v_padded; ++col) {
-      float* dst = v_panels + (col / nr) * plan.len_k_padded * nr + j * nr + col % nr;
-      *dst = (src != nullptr && col < p.dim_v) ? src[col * p.v.s3] : 0.0f;
+  for (std::int64_t col0 = 0; col0 < plan.dim_v_padded; col0 += nr) {
+    float* panel = v_panels + col0 / nr * plan.len_k_padded * nr;
+    const std::int64_t cols = std::min(nr, p.dim_v - col0);  // real columns in this panel
+    for (std::int64_t j = key_begin; j < key_end; ++j) {
+      float* dst = panel + j * nr;
+      std::int64_t c = 0;
+      if (j < p.len_k) {
+        const float* src = &p.v.at(b, hk, j, col0);
+        for (; c < cols; ++c) dst[c] = src[c * p.v.s3];
+      }
+      for (; c < nr; ++c) dst[c] = 0.0f;
     }
   }
 }
