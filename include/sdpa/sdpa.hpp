@@ -116,6 +116,30 @@ struct RunInfo {
 RunInfo forward(const Tensor& q, const Tensor& k, const Tensor& v, const Options& options,
                 const Outputs& outputs);
 
+/// Gradients of a loss L with respect to the inputs, given dL/d(out). Shapes equal those of the
+/// corresponding inputs; every field is written completely (no accumulation into existing values).
+struct Grads {
+  Tensor dq;                              ///< f32 [B, Hq, Lq, Dk]
+  Tensor dk;                              ///< f32 [B, Hkv, Lk, Dk]: summed over the query heads of a group
+  Tensor dv;                              ///< f32 [B, Hkv, Lk, Dv]: likewise
+  std::optional<Tensor> dbias;            ///< f32, the shape of options.bias: summed over its broadcast dims
+  float* dscale = nullptr;                ///< optional: dL/d(scale) = Σ dS ∘ (q·k)  (temperature gradient)
+};
+
+/// The exact backward pass (FlashAttention-2 recomputation from lse; O(L) extra memory).
+/// `out` and `lse` are the forward's outputs for the same inputs and options; `dout` is dL/d(out)
+/// [B, Hq, Lq, Dv]. Rows with no visible key get zero gradients. Deterministic: bitwise identical
+/// for every thread count.
+RunInfo backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                 const Tensor& dout, const Tensor& lse, const Options& options, const Grads& grads);
+
+/// The softmax Jacobian J = diag(p) − p·pᵀ of p = softmax(logits), n × n row-major into `jacobian`.
+void softmax_jacobian(std::span<const double> logits, std::span<double> jacobian);
+
+/// J·g = p ∘ (g − p·g) without forming J (J is symmetric, so this is also Jᵀ·g).
+void softmax_jacobian_vector_product(std::span<const double> logits, std::span<const double> g,
+                                     std::span<double> result);
+
 /// Floating-point operations of a forward call with these shapes and options, counting
 /// 2·(Dk + Dv) per visible (query, key) pair (exact for masks given by causal / window / lengths;
 /// a bool mask or bias is not inspected).
