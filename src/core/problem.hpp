@@ -2,6 +2,7 @@
 // Front ends (C++ API, CLI, Python) build it only through validate(); no kernel re-checks shapes.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -50,10 +51,27 @@ struct Problem {
   }
 };
 
+/// A validated backward call: the forward problem (inputs, masks, options; its out view is the
+/// forward's output) plus the gradient inputs and outputs.
+struct BackwardProblem {
+  Problem forward;                    // q, k, v, masks, options; forward.out = the forward's out
+  View4<const float> dout;            // [B, Hq, Lq, Dv]
+  View4<const float> lse;             // [B, Hq, Lq] as (b, h, i, 0)
+  View4<float> dq, dk, dv;            // shapes of q, k, v
+  std::optional<View4<float>> dbias;  // broadcast strides like bias: several (b, h, i, j) share one
+  std::array<std::int64_t, 4> dbias_shape{};  // dbias as [B|1, Hq|1, Lq|1, Lk|1]
+  float* dscale = nullptr;
+};
+
 /// Checks every argument of a forward call and resolves it into a Problem. Throws sdpa::Error
 /// naming the argument, the expected and the given value. Writes nothing.
 Problem validate_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Options& options,
                          const Outputs& outputs);
+
+/// Checks every argument of a backward call (see sdpa::backward). Writes nothing.
+BackwardProblem validate_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& out, const Tensor& dout, const Tensor& lse,
+                                  const Options& options, const Grads& grads);
 
 /// Like validate_forward but without outputs (for FLOP counting and planning).
 Problem validate_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Options& options);

@@ -210,4 +210,69 @@ Problem validate_forward(const Tensor& q, const Tensor& k, const Tensor& v, cons
   return p;
 }
 
+namespace {
+
+// A tensor of exactly `like`'s shape (rank 4) and dtype f32, e.g. a gradient or the forward output.
+void check_same_shape4(const Tensor& t, const char* name, const std::int64_t (&shape)[4],
+                       const char* like) {
+  check_rank(t, name, 4);
+  check_dtype(t, name, DType::f32);
+  for (int d = 0; d < 4; ++d)
+    if (t.shape[d] != shape[d])
+      fail(name, ".shape[", d, "] = ", t.shape[d], " does not match ", like, ".shape[", d,
+           "] = ", shape[d]);
+  check_data(t, name);
+}
+
+}  // namespace
+
+BackwardProblem validate_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& out, const Tensor& dout, const Tensor& lse,
+                                  const Options& options, const Grads& grads) {
+  BackwardProblem bp;
+  Outputs forward_outputs;
+  forward_outputs.out = out;
+  forward_outputs.lse = lse;
+  bp.forward = validate_forward(q, k, v, options, forward_outputs);
+  const Problem& p = bp.forward;
+  const std::int64_t q_shape[4] = {p.batch, p.heads_q, p.len_q, p.dim_k};
+  const std::int64_t k_shape[4] = {p.batch, p.heads_kv, p.len_k, p.dim_k};
+  const std::int64_t v_shape[4] = {p.batch, p.heads_kv, p.len_k, p.dim_v};
+  const std::int64_t o_shape[4] = {p.batch, p.heads_q, p.len_q, p.dim_v};
+  check_same_shape4(dout, "dout", o_shape, "out");
+  bp.dout = view_of<const float>(dout);
+  bp.lse = View4<const float>{static_cast<const float*>(lse.data), p.lse->s0, p.lse->s1, p.lse->s2, 0};
+
+  check_same_shape4(grads.dq, "grads.dq", q_shape, "q");
+  check_same_shape4(grads.dk, "grads.dk", k_shape, "k");
+  check_same_shape4(grads.dv, "grads.dv", v_shape, "v");
+  check_writable(grads.dq, "grads.dq");
+  check_writable(grads.dk, "grads.dk");
+  check_writable(grads.dv, "grads.dv");
+  bp.dq = view_of<float>(grads.dq);
+  bp.dk = view_of<float>(grads.dk);
+  bp.dv = view_of<float>(grads.dv);
+
+  if (grads.dbias) {
+    if (!options.bias) fail("grads.dbias: given, but options.bias is not (nothing to differentiate)");
+    const Tensor& bias = *options.bias;
+    const Tensor& db = *grads.dbias;
+    check_dtype(db, "grads.dbias", DType::f32);
+    if (db.rank != bias.rank)
+      fail("grads.dbias.rank = ", db.rank, " does not match options.bias.rank = ", bias.rank);
+    for (int d = 0; d < db.rank; ++d)
+      if (db.shape[d] != bias.shape[d])
+        fail("grads.dbias.shape[", d, "] = ", db.shape[d], " does not match options.bias.shape[", d,
+             "] = ", bias.shape[d]);
+    check_writable(db, "grads.dbias");
+    check_data(db, "grads.dbias");
+    bp.dbias = view_of<float>(db);
+    const std::int64_t full[4] = {p.batch, p.heads_q, p.len_q, p.len_k};
+    const int pad = 4 - db.rank;
+    for (int d = 0; d < 4; ++d) bp.dbias_shape[d] = d < pad ? 1 : (db.shape[d - pad] == 1 ? 1 : full[d]);
+  }
+  bp.dscale = grads.dscale;
+  return bp;
+}
+
 }  // namespace sdpa
