@@ -1,0 +1,186 @@
+// The benchmark layer: the machine's measured FMA peak, a naive OpenBLAS baseline, and the grid of
+// sdpa::forward timings that `sdpa bench` and `sdpa_gbench` report against both.
+//
+// Every figure is judged by a ratio measured in the same run: % of the FMA peak at the same thread
+// count, and × the naive three-step version (sgemm → softmax → sgemm). FLOPs follow the issue's
+// convention 4·B·H·Lq·Lk·D, halved when causal.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <iosfwd>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "sdpa/sdpa.hpp"
+
+namespace sdpa::bench {
+
+// ---- timing ------------------------------------------------------------------------------------
+
+/// Wall-clock seconds of `repeats` calls after `warmups` untimed ones.
+struct Timing {
+  double median_s = 0;
+  double min_s = 0;
+  int repeats = 0;
+};
+
+/// Median (and minimum) wall time of `fn`; repeats >= 1.
+Timing time_repeats(const std::function<void()>& fn, int repeats, int warmups = 1);
+
+/// Seconds on a monotonic clock.
+double now_seconds();
+
+/// OpenMP threads available to this process (all cores when `requested` <= 0).
+int resolve_threads(int requested);
+
+// ---- FMA peak ----------------------------------------------------------------------------------
+
+struct PeakOptions {
+  double seconds = 0.1;  ///< duration of one repetition
+  int repeats = 5;       ///< repetitions; the median counts
+};
+
+/// fp32 FMA throughput of `threads` OpenMP threads, each running independent FMA chains.
+/// A width the CPU lacks reads 0. Without AVX2/FMA, gflops_256 holds a portable mul+add loop.
+struct PeakMeasurement {
+  int threads = 0;
+  double gflops_256 = 0;  ///< 8-lane vectors (AVX2 + FMA)
+  double gflops_512 = 0;  ///< 16-lane vectors (AVX-512F)
+  double gflops() const { return gflops_256 > gflops_512 ? gflops_256 : gflops_512; }
+};
+
+PeakMeasurement measure_fma_peak(int threads, const PeakOptions& options = {});
+
+/// The best of both vector widths, in GFLOP/s.
+double measure_fma_peak_gflops(int threads, const PeakOptions& options = {});
+
+// ---- problems ----------------------------------------------------------------------------------
+
+/// Self-attention with Lq = Lk = length and Dk = Dv = dim.
+struct AttentionShape {
+  std::int64_t batch = 1;
+  std::int64_t heads = 8;
+  std::int64_t length = 1024;
+  std::int64_t dim = 128;
+  bool causal = false;
+};
+
+/// 4·B·H·L²·D, halved when causal (the convention, not the exact visible-pair count).
+double attention_flops(const AttentionShape& shape);
+
+/// Random inputs in [-1, 1) and an output buffer, each contiguous [B, H, L, D] fp32.
+struct AttentionData {
+  AttentionShape shape;
+  std::vector<float> q, k, v, out;
+
+  static AttentionData random(const AttentionShape& shape, std::uint64_t seed = 42);
+  /// Bytes of q, k, v and out together.
+  std::size_t bytes() const;
+};
+
+/// One sdpa::forward call on `data` (causal = top-left when shape.causal).
+sdpa::RunInfo run_sdpa_forward(AttentionData& data, int threads);
+
+// ---- naive baseline ----------------------------------------------------------------------------
+
+/// Seconds spent in each of the three steps, summed over heads.
+struct NaiveSteps {
+  double scores_s = 0;   ///< S = scale·Q·Kᵀ   (sgemm)
+  double softmax_s = 0;  ///< row softmax of S (OpenMP)
+  double output_s = 0;   ///< O = P·V          (sgemm)
+};
+
+/// Floats of the score workspace: one full L×L matrix, reused for every (batch, head).
+std::size_t naive_scores_floats(const AttentionShape& shape);
+
+/// The straightforward fp32 three-step attention, one (batch, head) at a time:
+///   S [L, L] = scale · Q [L, D] · Kᵀ       (cblas_sgemm on `threads` OpenBLAS threads)
+///   P = softmax(S) row by row               (causal: S[i, j > i] = -inf before the max)
+///   O [L, D] = P · V [L, D]                 (cblas_sgemm)
+/// `scores` must hold naive_scores_floats(data.shape) floats. Writes data.out.
+NaiveSteps naive_forward(AttentionData& data, std::span<float> scores, int threads);
+
+// ---- peak memory -------------------------------------------------------------------------------
+
+/// Resident-set high-water mark of sdpa-only forward calls on one shape, measured in a fresh
+/// child process (fork) so that nothing the parent allocated counts.
+struct MemoryMeasurement {
+  std::int64_t length = 0;
+  std::size_t io_bytes = 0;         ///< q, k, v and out
+  std::size_t growth_bytes = 0;     ///< VmHWM − VmRSS before the inputs were allocated
+  std::size_t extra_bytes = 0;      ///< growth beyond io_bytes (workspace, thread stacks, ...)
+  std::size_t workspace_bytes = 0;  ///< what sdpa::forward reported allocating
+};
+
+/// Forks, runs two forward calls in the child and reads its /proc/self/status. Call it before the
+/// parent has started OpenMP or OpenBLAS threads (fork copies only the calling thread).
+MemoryMeasurement measure_forward_memory(const AttentionShape& shape, int threads);
+
+// ---- the grid ----------------------------------------------------------------------------------
+
+struct GridOptions {
+  int threads = 0;  ///< 0 = all cores
+  int repeats = 5;
+  int warmups = 1;
+  std::int64_t batch = 1;
+  std::int64_t heads = 8;
+  std::int64_t dim = 128;
+  std::vector<std::int64_t> lengths{1024, 4096, 16384};
+  std::vector<bool> causal{false, true};
+  bool naive = true;
+  std::size_t naive_memory_limit = std::size_t{4} << 30;  ///< skip naive beyond this many bytes
+  std::vector<std::int64_t> memory_lengths{4096, 16384};  ///< empty = no RSS measurement
+  PeakOptions peak;
+};
+
+struct GridRow {
+  AttentionShape shape;
+  Timing sdpa;
+  double gflops = 0;
+  double percent_of_peak = 0;
+  std::optional<Timing> naive;            ///< absent when skipped
+  std::optional<NaiveSteps> naive_steps;  ///< of the median-timed naive call
+  double speedup_vs_naive = 0;            ///< naive median / sdpa median; 0 when skipped
+  /// (QK + PV sgemm time of the median naive call) / sdpa median: the speedup over a three-step
+  /// version whose softmax were free — the floor of the naive ratio.
+  double speedup_vs_naive_gemms = 0;
+  std::string naive_note;  ///< why naive was skipped
+};
+
+struct GridReport {
+  GridOptions options;  ///< with threads resolved
+  sdpa::Isa isa = sdpa::Isa::automatic;
+  PeakMeasurement peak;
+  std::vector<MemoryMeasurement> memory;
+  std::vector<GridRow> rows;
+};
+
+/// Memory (child processes) first, then the peak, then every (length, causal) pair. `on_row`, when
+/// given, sees the report so far each time a row is appended (long grids print progress with it).
+GridReport run_grid(const GridOptions& options,
+                    const std::function<void(const GridReport&)>& on_row = {});
+
+// ---- text output -------------------------------------------------------------------------------
+
+void print_peak_table(std::ostream& os, const std::vector<PeakMeasurement>& peaks);
+void print_grid_header(std::ostream& os, const GridReport& report);
+void print_grid_row(std::ostream& os, const GridRow& row);
+void print_memory(std::ostream& os, const std::vector<MemoryMeasurement>& memory);
+/// The targets at L = 4096 (60% of peak, 50% causal, 3x naive), met or missed.
+void print_targets(std::ostream& os, const GridReport& report);
+/// Header, rows, memory and targets together.
+void print_report(std::ostream& os, const GridReport& report);
+
+namespace detail {
+// ISA kernels of the FMA peak (fma_avx2.cpp, fma_avx512.cpp: each compiled with its own flags and
+// called only when __builtin_cpu_supports says so). Each runs `iterations` rounds of independent
+// FMA chains, stores a checksum in *sink so no chain is dead code, and returns the FLOPs it did.
+double fma_chains_256(std::int64_t iterations, float* sink);
+double fma_chains_512(std::int64_t iterations, float* sink);
+}  // namespace detail
+
+}  // namespace sdpa::bench

@@ -1,0 +1,103 @@
+// The benchmark grid: sdpa::forward against the FMA peak and the naive baseline, per
+// (length, causal), plus the RSS high-water mark per length.
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <sstream>
+#include <utility>
+#include <vector>
+
+#include "bench/bench.hpp"
+
+namespace sdpa::bench {
+namespace {
+
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+double total_seconds(const NaiveSteps& steps) {
+  return steps.scores_s + steps.softmax_s + steps.output_s;
+}
+
+// Times the naive baseline like time_repeats and keeps the step split of the median call.
+std::pair<Timing, NaiveSteps> time_naive(AttentionData& data, std::span<float> scores,
+                                         const GridOptions& options) {
+  std::vector<NaiveSteps> calls;
+  const Timing timing =
+      time_repeats([&] { calls.push_back(naive_forward(data, scores, options.threads)); },
+                   options.repeats, options.warmups);
+  calls.erase(calls.begin(), calls.begin() + options.warmups);
+  std::sort(calls.begin(), calls.end(), [](const NaiveSteps& a, const NaiveSteps& b) {
+    return total_seconds(a) < total_seconds(b);
+  });
+  return {timing, calls[calls.size() / 2]};
+}
+
+// Why the naive run for `shape` would not fit in options.naive_memory_limit ("" when it fits).
+std::string naive_skip_reason(const AttentionShape& shape, std::size_t io_bytes,
+                              const GridOptions& options) {
+  const double needed = static_cast<double>(naive_scores_floats(shape) * sizeof(float) + io_bytes);
+  if (needed <= static_cast<double>(options.naive_memory_limit)) return "";
+  std::ostringstream reason;
+  reason.precision(3);
+  reason << "naive skipped at L = " << shape.length << ": needs " << needed / kGiB
+         << " GiB (one L×L score matrix + inputs) > limit "
+         << static_cast<double>(options.naive_memory_limit) / kGiB << " GiB";
+  return reason.str();
+}
+
+GridRow measure_row(AttentionData& data, std::span<float> scores, const GridOptions& options,
+                    double peak_gflops) {
+  GridRow row;
+  row.shape = data.shape;
+  row.sdpa = time_repeats([&] { run_sdpa_forward(data, options.threads); }, options.repeats,
+                          options.warmups);
+  row.gflops = attention_flops(row.shape) / row.sdpa.median_s * 1e-9;
+  row.percent_of_peak = peak_gflops > 0 ? 100.0 * row.gflops / peak_gflops : 0;
+  if (!options.naive) {
+    row.naive_note = "naive disabled (--no-naive)";
+  } else if (scores.empty()) {
+    row.naive_note = naive_skip_reason(row.shape, data.bytes(), options);
+  } else {
+    auto [timing, steps] = time_naive(data, scores, options);
+    row.naive = timing;
+    row.naive_steps = steps;
+    row.speedup_vs_naive = timing.median_s / row.sdpa.median_s;
+    row.speedup_vs_naive_gemms = (steps.scores_s + steps.output_s) / row.sdpa.median_s;
+  }
+  return row;
+}
+
+}  // namespace
+
+GridReport run_grid(const GridOptions& requested,
+                    const std::function<void(const GridReport&)>& on_row) {
+  GridReport report;
+  report.options = requested;
+  GridOptions& options = report.options;
+  options.threads = resolve_threads(options.threads);
+  report.isa = sdpa::best_isa();
+  // Children first: fork copies only the calling thread, so no OpenMP pool may exist yet.
+  for (std::int64_t length : options.memory_lengths)
+    report.memory.push_back(measure_forward_memory(
+        {options.batch, options.heads, length, options.dim, false}, options.threads));
+  report.peak = measure_fma_peak(options.threads, options.peak);
+  for (std::int64_t length : options.lengths) {
+    AttentionData data = AttentionData::random({options.batch, options.heads, length, options.dim});
+    // One L×L score matrix per length, shared by the causal and non-causal runs.
+    std::unique_ptr<float[]> scores;
+    std::size_t scores_floats = 0;
+    if (options.naive && naive_skip_reason(data.shape, data.bytes(), options).empty()) {
+      scores_floats = naive_scores_floats(data.shape);
+      scores = std::make_unique<float[]>(scores_floats);
+    }
+    for (bool causal : options.causal) {
+      data.shape.causal = causal;
+      report.rows.push_back(
+          measure_row(data, {scores.get(), scores_floats}, options, report.peak.gflops()));
+      if (on_row) on_row(report);
+    }
+  }
+  return report;
+}
+
+}  // namespace sdpa::bench
