@@ -18,69 +18,13 @@
 namespace sdpa::kernels::SDPA_KERNEL_NS {
 namespace {
 
-using V = Simd::V;
-constexpr int kLanes = Simd::kLanes;
-constexpr int kPanel = 2 * kLanes;  // NR: keys per K panel, value columns per V panel
+#include "kernels/panel_gemm_impl.hpp"
+
 constexpr float kLog2e = 1.44269504088896340736f;
 constexpr float kNegInf = -__builtin_inff();
 
 static_assert(kBlockRows % kMicroRows == 0, "block rows must be whole microkernel row groups");
 static_assert(kBlockKeys % kPanel == 0, "a score tile must be whole key panels");
-
-inline std::int64_t min_i64(std::int64_t a, std::int64_t b) { return a < b ? a : b; }
-inline std::int64_t max_i64(std::int64_t a, std::int64_t b) { return a > b ? a : b; }
-inline std::int64_t round_up(std::int64_t x, std::int64_t to) { return (x + to - 1) / to * to; }
-
-// S[r][c] = Σ_d Q[r][d] · K[c][d] for kMicroRows rows and one panel of kPanel keys.
-//   q: [kMicroRows][dim_k] packed rows;  k_panel: [dim_k][kPanel];  s: rows of stride s_stride.
-void scores_microkernel(const float* q, std::int64_t dim_k, const float* k_panel, float* s,
-                        std::int64_t s_stride) {
-  V acc[kMicroRows][2];
-#pragma GCC unroll 16
-  for (int r = 0; r < kMicroRows; ++r) acc[r][0] = acc[r][1] = Simd::zero();
-  for (std::int64_t d = 0; d < dim_k; ++d) {
-    const V k0 = Simd::load(k_panel + d * kPanel);
-    const V k1 = Simd::load(k_panel + d * kPanel + kLanes);
-#pragma GCC unroll 16
-    for (int r = 0; r < kMicroRows; ++r) {
-      const V qv = Simd::set1(q[r * dim_k + d]);
-      acc[r][0] = Simd::fma(qv, k0, acc[r][0]);
-      acc[r][1] = Simd::fma(qv, k1, acc[r][1]);
-    }
-  }
-#pragma GCC unroll 16
-  for (int r = 0; r < kMicroRows; ++r) {
-    Simd::store(s + r * s_stride, acc[r][0]);
-    Simd::store(s + r * s_stride + kLanes, acc[r][1]);
-  }
-}
-
-// acc[r][0..kPanel) += Σ_c P[r][c] · V[c][0..kPanel) for kMicroRows rows over n_keys keys.
-//   p: rows of stride p_stride;  v_panel: [n_keys][kPanel];  acc: rows of stride acc_stride.
-void values_microkernel(const float* p, std::int64_t p_stride, const float* v_panel,
-                        std::int64_t n_keys, float* acc_rows, std::int64_t acc_stride) {
-  V acc[kMicroRows][2];
-#pragma GCC unroll 16
-  for (int r = 0; r < kMicroRows; ++r) {
-    acc[r][0] = Simd::load(acc_rows + r * acc_stride);
-    acc[r][1] = Simd::load(acc_rows + r * acc_stride + kLanes);
-  }
-  for (std::int64_t c = 0; c < n_keys; ++c) {
-    const V v0 = Simd::load(v_panel + c * kPanel);
-    const V v1 = Simd::load(v_panel + c * kPanel + kLanes);
-#pragma GCC unroll 16
-    for (int r = 0; r < kMicroRows; ++r) {
-      const V pv = Simd::set1(p[r * p_stride + c]);
-      acc[r][0] = Simd::fma(pv, v0, acc[r][0]);
-      acc[r][1] = Simd::fma(pv, v1, acc[r][1]);
-    }
-  }
-#pragma GCC unroll 16
-  for (int r = 0; r < kMicroRows; ++r) {
-    Simd::store(acc_rows + r * acc_stride, acc[r][0]);
-    Simd::store(acc_rows + r * acc_stride + kLanes, acc[r][1]);
-  }
-}
 
 // Everything one call of forward_block works on.
 struct BlockState {
@@ -118,12 +62,8 @@ void pack_queries(const BlockState& st) {
 // scores[r][0..n_keys) = Q[r]·K[t0 + c] for every row group.
 void compute_scores(const BlockState& st, std::int64_t t0, std::int64_t n_keys) {
   const std::int64_t dim_k = st.shape.dim_k;
-  for (std::int64_t c = 0; c < n_keys; c += kPanel) {
-    const float* k_panel = st.kv.k_panels + (t0 + c) / kPanel * (dim_k * kPanel);
-    for (int g = 0; g < st.groups; ++g)
-      scores_microkernel(st.q_packed + g * kMicroRows * dim_k, dim_k, k_panel,
-                         st.scores + g * kMicroRows * kBlockKeys + c, kBlockKeys);
-  }
+  panel_gemm(st.q_packed, dim_k, st.groups * kMicroRows, st.kv.k_panels + t0 * dim_k,
+             dim_k * kPanel, n_keys, dim_k, st.scores, kBlockKeys, false);
 }
 
 // Turns row r's raw scores over keys [t0, t0 + n_keys) into logits t = S·scale + bias, with −inf
@@ -207,13 +147,8 @@ void softmax_tile(const BlockState& st, std::int64_t t0, std::int64_t n_keys) {
 
 // acc += P·V[t0 .. t0 + n_keys) for every row group and value panel.
 void accumulate_values(const BlockState& st, std::int64_t t0, std::int64_t n_keys) {
-  const std::int64_t panel_stride = st.kv.len_k_padded * kPanel;
-  for (std::int64_t col = 0; col < st.dim_v_pad; col += kPanel) {
-    const float* v_panel = st.kv.v_panels + col / kPanel * panel_stride + t0 * kPanel;
-    for (int g = 0; g < st.groups; ++g)
-      values_microkernel(st.scores + g * kMicroRows * kBlockKeys, kBlockKeys, v_panel, n_keys,
-                         st.acc + g * kMicroRows * st.dim_v_pad + col, st.dim_v_pad);
-  }
+  panel_gemm(st.scores, kBlockKeys, st.groups * kMicroRows, st.kv.v_panels + t0 * kPanel,
+             st.kv.len_k_padded * kPanel, st.dim_v_pad, n_keys, st.acc, st.dim_v_pad, true);
 }
 
 void write_outputs(const BlockState& st) {
