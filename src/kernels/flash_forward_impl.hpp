@@ -19,9 +19,7 @@ namespace sdpa::kernels::SDPA_KERNEL_NS {
 namespace {
 
 #include "kernels/panel_gemm_impl.hpp"
-
-constexpr float kLog2e = 1.44269504088896340736f;
-constexpr float kNegInf = -__builtin_inff();
+#include "kernels/softmax_rows_impl.hpp"
 
 static_assert(kBlockRows % kMicroRows == 0, "block rows must be whole microkernel row groups");
 static_assert(kBlockKeys % kPanel == 0, "a score tile must be whole key panels");
@@ -66,55 +64,13 @@ void compute_scores(const BlockState& st, std::int64_t t0, std::int64_t n_keys) 
              dim_k * kPanel, n_keys, dim_k, st.scores, kBlockKeys, false);
 }
 
-// Turns row r's raw scores over keys [t0, t0 + n_keys) into logits t = S·scale + bias, with −inf
-// for keys the row may not see. Returns the row maximum.
+// Row r's logits over keys [t0, t0 + n_keys) from its raw scores (softmax_rows_impl.hpp).
 float logits_row(const BlockState& st, int r, std::int64_t t0, std::int64_t n_keys) {
   const QueryBlock& b = st.block;
-  float* row = st.scores + r * kBlockKeys;
-  const std::int64_t lo = max_i64(b.key_begin[r], t0) - t0;  // visible columns [lo, hi)
-  const std::int64_t hi = min_i64(b.key_end[r], t0 + n_keys) - t0;
-  const V scale = Simd::set1(st.shape.scale);
-  if (lo >= hi) {
-    for (std::int64_t c = 0; c < n_keys; ++c) row[c] = kNegInf;
-    return kNegInf;
-  }
-  V vmax = Simd::set1(kNegInf);
-  if (lo == 0 && hi == n_keys && b.bias == nullptr && b.mask == nullptr) {
-    // Fully visible tile: scale and max in one pass.
-    for (std::int64_t c = 0; c < n_keys; c += kLanes) {
-      const V t = Simd::mul(Simd::load(row + c), scale);
-      Simd::store(row + c, t);
-      vmax = Simd::max(vmax, t);
-    }
-    return Simd::reduce_max(vmax);
-  }
-  for (std::int64_t c = 0; c < n_keys; c += kLanes) Simd::store(row + c, Simd::mul(Simd::load(row + c), scale));
-  for (std::int64_t c = 0; c < lo; ++c) row[c] = kNegInf;
-  for (std::int64_t c = hi; c < n_keys; ++c) row[c] = kNegInf;
-  if (b.bias != nullptr) {
-    const float* bias = b.bias + r * b.bias_row_stride + t0 * b.bias_col_stride;
-    for (std::int64_t c = lo; c < hi; ++c) row[c] += bias[c * b.bias_col_stride];
-  }
-  if (b.mask != nullptr) {
-    const std::uint8_t* mask = b.mask + r * b.mask_row_stride + t0 * b.mask_col_stride;
-    for (std::int64_t c = lo; c < hi; ++c)
-      if (mask[c * b.mask_col_stride] == 0) row[c] = kNegInf;
-  }
-  for (std::int64_t c = 0; c < n_keys; c += kLanes) vmax = Simd::max(vmax, Simd::load(row + c));
-  return Simd::reduce_max(vmax);
-}
-
-// row[c] = exp(row[c] − base) in place; returns the row sum. exp(−inf) = 0, NaN stays NaN.
-float exp_row(float* row, std::int64_t n_keys, float base) {
-  const V vbase = Simd::set1(base);
-  const V log2e = Simd::set1(kLog2e);
-  V vsum = Simd::zero();
-  for (std::int64_t c = 0; c < n_keys; c += kLanes) {
-    const V p = Simd::exp2(Simd::mul(Simd::sub(Simd::load(row + c), vbase), log2e));
-    Simd::store(row + c, p);
-    vsum = Simd::add(vsum, p);
-  }
-  return Simd::reduce_add(vsum);
+  const float* bias = b.bias ? b.bias + r * b.bias_row_stride : nullptr;
+  const std::uint8_t* mask = b.mask ? b.mask + r * b.mask_row_stride : nullptr;
+  return logits_row(st.scores + r * kBlockKeys, t0, n_keys, b.key_begin[r], b.key_end[r],
+                    st.shape.scale, bias, b.bias_col_stride, mask, b.mask_col_stride);
 }
 
 // The online-softmax step for one score tile: scores become probabilities P (relative to the new

@@ -1,0 +1,60 @@
+// Row operations of the softmax shared by the forward and backward kernels: turning raw scores into
+// masked logits, and exponentiating against a base. Included inside the ISA namespace after
+// panel_gemm_impl.hpp.
+
+constexpr float kLog2e = 1.44269504088896340736f;
+constexpr float kNegInf = -__builtin_inff();
+
+// Turns one row of raw scores q·k over keys [t0, t0 + n_keys) (n_keys a multiple of kLanes) into
+// logits t = S·scale + bias in place, with −inf for keys the row may not see: outside
+// [key_begin, key_end), or where the mask is false. bias / mask point at key 0 of the row (may be
+// null). Returns the row maximum.
+float logits_row(float* row, std::int64_t t0, std::int64_t n_keys, std::int64_t key_begin,
+                 std::int64_t key_end, float scale, const float* bias, std::int64_t bias_stride,
+                 const std::uint8_t* mask, std::int64_t mask_stride) {
+  const std::int64_t lo = max_i64(key_begin, t0) - t0;  // visible columns [lo, hi)
+  const std::int64_t hi = min_i64(key_end, t0 + n_keys) - t0;
+  const V vscale = Simd::set1(scale);
+  if (lo >= hi) {
+    for (std::int64_t c = 0; c < n_keys; ++c) row[c] = kNegInf;
+    return kNegInf;
+  }
+  V vmax = Simd::set1(kNegInf);
+  if (lo == 0 && hi == n_keys && bias == nullptr && mask == nullptr) {
+    // Fully visible: scale and max in one pass.
+    for (std::int64_t c = 0; c < n_keys; c += kLanes) {
+      const V t = Simd::mul(Simd::load(row + c), vscale);
+      Simd::store(row + c, t);
+      vmax = Simd::max(vmax, t);
+    }
+    return Simd::reduce_max(vmax);
+  }
+  for (std::int64_t c = 0; c < n_keys; c += kLanes)
+    Simd::store(row + c, Simd::mul(Simd::load(row + c), vscale));
+  for (std::int64_t c = 0; c < lo; ++c) row[c] = kNegInf;
+  for (std::int64_t c = hi; c < n_keys; ++c) row[c] = kNegInf;
+  if (bias != nullptr) {
+    const float* b = bias + t0 * bias_stride;
+    for (std::int64_t c = lo; c < hi; ++c) row[c] += b[c * bias_stride];
+  }
+  if (mask != nullptr) {
+    const std::uint8_t* m = mask + t0 * mask_stride;
+    for (std::int64_t c = lo; c < hi; ++c)
+      if (m[c * mask_stride] == 0) row[c] = kNegInf;
+  }
+  for (std::int64_t c = 0; c < n_keys; c += kLanes) vmax = Simd::max(vmax, Simd::load(row + c));
+  return Simd::reduce_max(vmax);
+}
+
+// row[c] = exp(row[c] − base) in place; returns the row sum. exp(−inf) = 0, NaN stays NaN.
+float exp_row(float* row, std::int64_t n_keys, float base) {
+  const V vbase = Simd::set1(base);
+  const V log2e = Simd::set1(kLog2e);
+  V vsum = Simd::zero();
+  for (std::int64_t c = 0; c < n_keys; c += kLanes) {
+    const V p = Simd::exp2(Simd::mul(Simd::sub(Simd::load(row + c), vbase), log2e));
+    Simd::store(row + c, p);
+    vsum = Simd::add(vsum, p);
+  }
+  return Simd::reduce_add(vsum);
+}
