@@ -1,9 +1,10 @@
-// AVX2 + FMA instantiation of the fused forward. 8 lanes; panels of 16 keys; a 6 × 16 register
-// block uses 12 of the 16 ymm registers for accumulators.
+// AVX2 + FMA instantiation of the attention kernels (forward and backward). 8 lanes;
+// panels of 16 keys; a 6 × 16 register block uses 12 of the 16 ymm registers for accumulators.
 #include <immintrin.h>
 
 #include <cstdint>
 
+#include "kernels/flash_backward.hpp"
 #include "kernels/flash_forward.hpp"
 
 namespace sdpa::kernels::avx2_impl {
@@ -64,7 +65,9 @@ constexpr int kBlockKeys = 256;
 #define SDPA_KERNEL_NS avx2_impl
 #define SDPA_KERNEL_NAME "avx2"
 #include "kernels/flash_forward_impl.hpp"
+#include "kernels/flash_backward_impl.hpp"
 
 namespace sdpa::kernels {
 const FlashKernel& flash_kernel_avx2() { return avx2_impl::kernel(); }
+const BackwardKernel& backward_kernel_avx2() { return avx2_impl::backward_kernel(); }
 }  // namespace sdpa::kernels

@@ -1,9 +1,10 @@
-// Portable instantiation of the fused forward: plain C++ on 8-float "vectors" (the compiler may
-// vectorize them with the baseline instruction set). Always correct, on any CPU; the reference
-// point for the ISA-specific kernels.
+// Portable instantiation of the attention kernels, forward and backward: plain C++ on 8-float
+// "vectors" (the compiler may vectorize them with the baseline instruction set). Always correct,
+// on any CPU; the reference point for the ISA-specific kernels.
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/flash_backward.hpp"
 #include "kernels/flash_forward.hpp"
 
 namespace sdpa::kernels::scalar_impl {
@@ -93,7 +94,9 @@ constexpr int kBlockKeys = 128;
 #define SDPA_KERNEL_NS scalar_impl
 #define SDPA_KERNEL_NAME "scalar"
 #include "kernels/flash_forward_impl.hpp"
+#include "kernels/flash_backward_impl.hpp"
 
 namespace sdpa::kernels {
 const FlashKernel& flash_kernel_scalar() { return scalar_impl::kernel(); }
+const BackwardKernel& backward_kernel_scalar() { return scalar_impl::backward_kernel(); }
 }  // namespace sdpa::kernels

@@ -1,10 +1,11 @@
-// AVX-512 instantiation of the fused forward (compiled with -mavx512f -mavx512bw -mavx512dq
-// -mavx512vl -mfma). 16 lanes; panels of 32 keys; a 12 × 32 register block uses 24 of the 32 zmm
-// registers for accumulators.
+// AVX-512 instantiation of the attention kernels, forward and backward (compiled with -mavx512f
+// -mavx512bw -mavx512dq -mavx512vl -mfma). 16 lanes; panels of 32 keys; a 12 × 32 register block
+// uses 24 of the 32 zmm registers for accumulators.
 #include <immintrin.h>
 
 #include <cstdint>
 
+#include "kernels/flash_backward.hpp"
 #include "kernels/flash_forward.hpp"
 
 namespace sdpa::kernels::avx512_impl {
@@ -55,7 +56,9 @@ constexpr int kBlockKeys = 256;
 #define SDPA_KERNEL_NS avx512_impl
 #define SDPA_KERNEL_NAME "avx512"
 #include "kernels/flash_forward_impl.hpp"
+#include "kernels/flash_backward_impl.hpp"
 
 namespace sdpa::kernels {
 const FlashKernel& flash_kernel_avx512() { return avx512_impl::kernel(); }
+const BackwardKernel& backward_kernel_avx512() { return avx512_impl::backward_kernel(); }
 }  // namespace sdpa::kernels

@@ -1,0 +1,539 @@
+// The backward driver: validate, pack, run the per-ISA backward tile over a fixed partition, reduce.
+//
+// Work partition (fixed by the shapes, never by the thread count, so results are bitwise identical
+// for any number of threads):
+//   * keys of each (batch, kv-head) are cut into at most kMaxKeyChunks chunks of whole tiles; one
+//     work item = one (batch, kv-head, key chunk). It owns dK and dV of its keys outright (summing
+//     over the query heads of the GQA group in a fixed order) and writes its share of dQ into its
+//     own partial buffer: no atomics, no races.
+//   * dQ = scale · Σ_chunks partial, summed in chunk order; d(scale) = Σ of the items' partial sums
+//     in item order.
+//   * d(bias), when asked, is a separate pass whose items each own a set of d(bias) elements and
+//     recompute the dS tiles that reduce into them, in a fixed order.
+// Memory: packed copies and partial dQ are O(L·D) per (batch, kv-head); (batch, kv-head) groups are
+// processed a chunk of groups at a time within the workspace budget.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/errors.hpp"
+#include "core/mask.hpp"
+#include "core/problem.hpp"
+#include "core/workspace.hpp"
+#include "kernels/flash_backward.hpp"
+
+namespace sdpa {
+namespace {
+
+using kernels::BackwardKernel;
+
+constexpr std::int64_t kMaxKeyChunks = 8;
+constexpr std::size_t kDefaultPackBudget = std::size_t{64} << 20;
+
+const BackwardKernel& backward_kernel_for(Isa isa) {
+  switch (isa) {
+    case Isa::avx512: return kernels::backward_kernel_avx512();
+    case Isa::avx2: return kernels::backward_kernel_avx2();
+    default: return kernels::backward_kernel_scalar();
+  }
+}
+
+std::int64_t round_up(std::int64_t x, std::int64_t to) { return (x + to - 1) / to * to; }
+std::int64_t ceil_div(std::int64_t x, std::int64_t y) { return (x + y - 1) / y; }
+
+// Offsets (in floats) of the packed arrays of one (batch, kv-head) group.
+struct GroupLayout {
+  std::int64_t k_panels = 0, vt_panels = 0, k_rows = 0;
+  std::int64_t heads = 0;      // offset of the per-head block
+  std::int64_t head_size = 0;  // floats per query head: q_rows, q_panels, do_rows, do_panels, lse, delta
+  std::int64_t q_rows = 0, q_panels = 0, do_rows = 0, do_panels = 0, lse = 0, delta = 0;  // within a head
+  std::int64_t dq_partials = 0;  // [chunks][group heads][Lq_pad][Dk_pad]
+  std::int64_t total = 0;
+};
+
+struct BackwardPlan {
+  const BackwardKernel* kernel = nullptr;
+  std::int64_t nr = 0, rows = 0, keys = 0;
+  std::int64_t len_q_pad = 0, len_k_pad = 0, dim_k_pad = 0, dim_v_pad = 0;
+  std::int64_t chunk_keys = 0, chunks = 0;
+  std::int64_t groups = 0, groups_per_round = 1;
+  GroupLayout layout;
+  std::size_t scratch_floats = 0;  // per thread: 6 tiles + dK/dV accumulators
+  int threads = 1;
+};
+
+BackwardPlan make_backward_plan(const BackwardProblem& bp) {
+  const Problem& p = bp.forward;
+  BackwardPlan plan;
+  plan.kernel = &backward_kernel_for(p.isa);
+  plan.nr = plan.kernel->panel;
+  plan.rows = plan.kernel->block_rows;
+  plan.keys = plan.kernel->block_keys;
+  plan.len_q_pad = round_up(std::max<std::int64_t>(p.len_q, 1), plan.rows);
+  plan.len_k_pad = round_up(std::max<std::int64_t>(p.len_k, 1), plan.keys);
+  plan.dim_k_pad = round_up(p.dim_k, plan.nr);
+  plan.dim_v_pad = round_up(p.dim_v, plan.nr);
+  const std::int64_t tiles = ceil_div(p.len_k, plan.keys);
+  plan.chunks = std::min(kMaxKeyChunks, tiles);
+  plan.chunk_keys = plan.chunks > 0 ? ceil_div(tiles, plan.chunks) * plan.keys : plan.keys;
+  if (plan.chunks > 0) plan.chunks = ceil_div(p.len_k, plan.chunk_keys);
+  plan.groups = p.batch * p.heads_kv;
+  plan.threads = p.threads;
+
+  GroupLayout& g = plan.layout;
+  g.k_panels = 0;
+  g.vt_panels = g.k_panels + plan.len_k_pad * p.dim_k;
+  g.k_rows = g.vt_panels + plan.len_k_pad * p.dim_v;
+  g.heads = g.k_rows + plan.len_k_pad * plan.dim_k_pad;
+  g.q_rows = 0;
+  g.q_panels = g.q_rows + plan.len_q_pad * p.dim_k;
+  g.do_rows = g.q_panels + plan.len_q_pad * plan.dim_k_pad;
+  g.do_panels = g.do_rows + plan.len_q_pad * p.dim_v;
+  g.lse = g.do_panels + plan.len_q_pad * plan.dim_v_pad;
+  g.delta = g.lse + plan.len_q_pad;
+  g.head_size = g.delta + plan.len_q_pad;
+  g.dq_partials = g.heads + p.group * g.head_size;
+  g.total = g.dq_partials + std::max<std::int64_t>(plan.chunks, 1) * p.group * plan.len_q_pad * plan.dim_k_pad;
+
+  // 5 tiles for the kernel, 1 for d(bias) tiles, then the dK/dV accumulators of one key tile.
+  plan.scratch_floats = static_cast<std::size_t>(6 * plan.rows * plan.keys +
+                                                 plan.keys * (plan.dim_k_pad + plan.dim_v_pad));
+  const std::size_t group_bytes = static_cast<std::size_t>(g.total) * sizeof(float);
+  const std::size_t scratch_bytes = plan.scratch_floats * sizeof(float) * static_cast<std::size_t>(plan.threads);
+  std::size_t budget = kDefaultPackBudget;
+  if (p.workspace_limit > 0) {
+    const std::size_t minimum = group_bytes + scratch_bytes;
+    if (p.workspace_limit < minimum)
+      fail("options.workspace_limit = ", p.workspace_limit,
+           " bytes is too small: this backward call needs at least ", minimum, " bytes (",
+           group_bytes, " for one (batch, kv-head) group + ", plan.threads, " threads x ",
+           plan.scratch_floats * sizeof(float), " bytes of scratch)");
+    budget = p.workspace_limit - scratch_bytes;
+  }
+  plan.groups_per_round = std::max<std::int64_t>(
+      1, std::min<std::int64_t>(plan.groups, static_cast<std::int64_t>(budget / group_bytes)));
+  return plan;
+}
+
+// ---- packing ------------------------------------------------------------------------------------
+
+// dst[panel][d][n] = src(key panel·NR + n, d): the transposed-panel layout (Kᵀ, Vᵀ).
+void pack_transposed_panels(const View4<const float>& src, std::int64_t b, std::int64_t h,
+                            std::int64_t len, std::int64_t len_pad, std::int64_t dim,
+                            std::int64_t nr, float* dst) {
+  for (std::int64_t j0 = 0; j0 < len_pad; j0 += nr) {
+    float* panel = dst + j0 * dim;
+    for (std::int64_t n = 0; n < nr; ++n) {
+      const std::int64_t j = j0 + n;
+      for (std::int64_t d = 0; d < dim; ++d) panel[d * nr + n] = j < len ? src.at(b, h, j, d) : 0.0f;
+    }
+  }
+}
+
+// dst[col / NR][j][col % NR] = src(j, col): the column-panel layout (K rows, Q and dO panels).
+void pack_column_panels(const View4<const float>& src, std::int64_t b, std::int64_t h,
+                        std::int64_t len, std::int64_t len_pad, std::int64_t dim,
+                        std::int64_t dim_pad, std::int64_t nr, float* dst) {
+  for (std::int64_t c0 = 0; c0 < dim_pad; c0 += nr) {
+    float* panel = dst + c0 / nr * len_pad * nr;
+    for (std::int64_t j = 0; j < len_pad; ++j)
+      for (std::int64_t c = 0; c < nr; ++c)
+        panel[j * nr + c] = (j < len && c0 + c < dim) ? src.at(b, h, j, c0 + c) : 0.0f;
+  }
+}
+
+// dst[j][d] = src(j, d), rows past len zero.
+void pack_rows(const View4<const float>& src, std::int64_t b, std::int64_t h, std::int64_t len,
+               std::int64_t len_pad, std::int64_t dim, float* dst) {
+  for (std::int64_t j = 0; j < len_pad; ++j)
+    for (std::int64_t d = 0; d < dim; ++d) dst[j * dim + d] = j < len ? src.at(b, h, j, d) : 0.0f;
+}
+
+void pack_group_keys_values(const BackwardProblem& bp, const BackwardPlan& plan, std::int64_t g,
+                            float* group) {
+  const Problem& p = bp.forward;
+  const std::int64_t b = g / p.heads_kv, hk = g % p.heads_kv;
+  const GroupLayout& l = plan.layout;
+  pack_transposed_panels(p.k, b, hk, p.len_k, plan.len_k_pad, p.dim_k, plan.nr, group + l.k_panels);
+  pack_transposed_panels(p.v, b, hk, p.len_k, plan.len_k_pad, p.dim_v, plan.nr, group + l.vt_panels);
+  pack_column_panels(p.k, b, hk, p.len_k, plan.len_k_pad, p.dim_k, plan.dim_k_pad, plan.nr,
+                     group + l.k_rows);
+}
+
+void pack_query_head(const BackwardProblem& bp, const BackwardPlan& plan, std::int64_t g,
+                     std::int64_t head_in_group, float* group) {
+  const Problem& p = bp.forward;
+  const std::int64_t b = g / p.heads_kv, h = (g % p.heads_kv) * p.group + head_in_group;
+  const GroupLayout& l = plan.layout;
+  float* head = group + l.heads + head_in_group * l.head_size;
+  pack_rows(p.q, b, h, p.len_q, plan.len_q_pad, p.dim_k, head + l.q_rows);
+  pack_column_panels(p.q, b, h, p.len_q, plan.len_q_pad, p.dim_k, plan.dim_k_pad, plan.nr,
+                     head + l.q_panels);
+  pack_rows(bp.dout, b, h, p.len_q, plan.len_q_pad, p.dim_v, head + l.do_rows);
+  pack_column_panels(bp.dout, b, h, p.len_q, plan.len_q_pad, p.dim_v, plan.dim_v_pad, plan.nr,
+                     head + l.do_panels);
+  const View4<float>& out = p.out;
+  for (std::int64_t i = 0; i < plan.len_q_pad; ++i) {
+    const bool real = i < p.len_q;
+    head[l.lse + i] = real ? bp.lse.at(b, h, i, 0) : -INFINITY;
+    float delta = 0.0f;  // delta_i = dO_i · O_i
+    for (std::int64_t d = 0; real && d < p.dim_v; ++d) delta += bp.dout.at(b, h, i, d) * out.at(b, h, i, d);
+    head[l.delta + i] = delta;
+  }
+}
+
+// ---- the tile loop ------------------------------------------------------------------------------
+
+// Visible key ranges of every query row of batch entry b.
+struct RowRanges {
+  std::vector<std::int64_t> begin, end;
+};
+
+std::vector<RowRanges> all_row_ranges(const Problem& p) {
+  std::vector<RowRanges> ranges(static_cast<std::size_t>(p.batch));
+  for (std::int64_t b = 0; b < p.batch; ++b) {
+    RowRanges& r = ranges[static_cast<std::size_t>(b)];
+    r.begin.resize(static_cast<std::size_t>(p.len_q));
+    r.end.resize(static_cast<std::size_t>(p.len_q));
+    for (std::int64_t i = 0; i < p.len_q; ++i) {
+      const KeyRange k = visible_keys(p, b, i);
+      r.begin[static_cast<std::size_t>(i)] = k.begin;
+      r.end[static_cast<std::size_t>(i)] = k.end;
+    }
+  }
+  return ranges;
+}
+
+// The tile description shared by the main pass and the d(bias) pass; rows, keys and outputs are
+// filled in by the caller.
+kernels::BackwardTile tile_for_head(const BackwardProblem& bp, const BackwardPlan& plan,
+                                    std::int64_t g, std::int64_t head_in_group, const float* group) {
+  const Problem& p = bp.forward;
+  const GroupLayout& l = plan.layout;
+  const float* head = group + l.heads + head_in_group * l.head_size;
+  kernels::BackwardTile t;
+  t.dim_k = p.dim_k;
+  t.dim_v = p.dim_v;
+  t.dim_k_pad = plan.dim_k_pad;
+  t.dim_v_pad = plan.dim_v_pad;
+  t.len_q_pad = plan.len_q_pad;
+  t.len_k_pad = plan.len_k_pad;
+  t.scale = p.scale;
+  t.k_panels = group + l.k_panels;
+  t.vt_panels = group + l.vt_panels;
+  t.k_rows = group + l.k_rows;
+  t.q_rows = head + l.q_rows;
+  t.q_panels = head + l.q_panels;
+  t.do_rows = head + l.do_rows;
+  t.do_panels = head + l.do_panels;
+  t.lse = head + l.lse;
+  t.delta = head + l.delta;
+  (void)g;
+  return t;
+}
+
+// Points the tile at query rows [i0, i0 + rows) of (b, h) and keys [t0, t0 + n_keys).
+void place_tile(kernels::BackwardTile& t, const Problem& p, const RowRanges& ranges, std::int64_t b,
+                std::int64_t h, std::int64_t i0, int rows, std::int64_t t0, std::int64_t n_keys) {
+  t.i0 = i0;
+  t.rows = rows;
+  t.t0 = t0;
+  t.n_keys = n_keys;
+  t.key_begin = ranges.begin.data() + i0;
+  t.key_end = ranges.end.data() + i0;
+  if (p.mask) {
+    t.mask = &p.mask->at(b, h, i0, 0);
+    t.mask_row_stride = p.mask->s2;
+    t.mask_col_stride = p.mask->s3;
+  }
+  if (p.bias) {
+    t.bias = &p.bias->at(b, h, i0, 0);
+    t.bias_row_stride = p.bias->s2;
+    t.bias_col_stride = p.bias->s3;
+  }
+}
+
+// Whether any of rows [i0, i0 + rows) sees a key in [t0, t1).
+bool tile_visible(const RowRanges& r, std::int64_t i0, std::int64_t rows, std::int64_t t0,
+                  std::int64_t t1) {
+  for (std::int64_t i = i0; i < i0 + rows; ++i) {
+    const auto k = static_cast<std::size_t>(i);
+    if (r.begin[k] < r.end[k] && r.begin[k] < t1 && r.end[k] > t0) return true;
+  }
+  return false;
+}
+
+kernels::BackwardScratch scratch_tiles(const BackwardPlan& plan, float* scratch) {
+  const std::int64_t tile = plan.rows * plan.keys;
+  return {scratch, scratch + tile, scratch + 2 * tile, scratch + 3 * tile, scratch + 4 * tile};
+}
+
+struct Item {
+  std::int64_t group_in_round, chunk, cost;
+};
+
+// One (batch, kv-head, key chunk): dK and dV of its keys, its dQ partial, its d(scale) share.
+double run_item(const BackwardProblem& bp, const BackwardPlan& plan,
+                const std::vector<RowRanges>& ranges, std::int64_t g, const Item& item,
+                float* group, float* scratch) {
+  const Problem& p = bp.forward;
+  const std::int64_t b = g / p.heads_kv, hk = g % p.heads_kv;
+  const GroupLayout& l = plan.layout;
+  const kernels::BackwardScratch s = scratch_tiles(plan, scratch);
+  float* dk_acc = scratch + 6 * plan.rows * plan.keys;
+  float* dv_acc = dk_acc + plan.keys * plan.dim_k_pad;
+  const std::int64_t head_dq = plan.len_q_pad * plan.dim_k_pad;
+  float* dq_partial = group + l.dq_partials + item.chunk * p.group * head_dq;
+  std::fill(dq_partial, dq_partial + p.group * head_dq, 0.0f);
+
+  double dscale = 0.0;
+  const std::int64_t chunk_begin = item.chunk * plan.chunk_keys;
+  const std::int64_t chunk_end = std::min(p.len_k, chunk_begin + plan.chunk_keys);
+  const RowRanges& rr = ranges[static_cast<std::size_t>(b)];
+  for (std::int64_t t0 = chunk_begin; t0 < chunk_end; t0 += plan.keys) {
+    const std::int64_t n_keys = std::min(plan.keys, round_up(chunk_end - t0, plan.nr));
+    std::fill(dk_acc, dk_acc + plan.keys * (plan.dim_k_pad + plan.dim_v_pad), 0.0f);
+    for (std::int64_t hg = 0; hg < p.group; ++hg) {
+      const std::int64_t h = hk * p.group + hg;
+      kernels::BackwardTile t = tile_for_head(bp, plan, g, hg, group);
+      t.dk_acc = dk_acc;
+      t.dv_acc = dv_acc;
+      t.dq_acc = dq_partial + hg * head_dq;
+      t.dscale = &dscale;
+      for (std::int64_t i0 = 0; i0 < p.len_q; i0 += plan.rows) {
+        const int rows = static_cast<int>(std::min(plan.rows, p.len_q - i0));
+        if (!tile_visible(rr, i0, rows, t0, t0 + n_keys)) continue;
+        place_tile(t, p, rr, b, h, i0, rows, t0, n_keys);
+        plan.kernel->tile(t, s);
+      }
+    }
+    for (std::int64_t j = t0; j < std::min(p.len_k, t0 + n_keys); ++j) {
+      const float* dk_row = dk_acc + (j - t0) * plan.dim_k_pad;
+      const float* dv_row = dv_acc + (j - t0) * plan.dim_v_pad;
+      for (std::int64_t d = 0; d < p.dim_k; ++d) bp.dk.at(b, hk, j, d) = p.scale * dk_row[d];
+      for (std::int64_t d = 0; d < p.dim_v; ++d) bp.dv.at(b, hk, j, d) = dv_row[d];
+    }
+  }
+  return dscale;
+}
+
+std::int64_t chunk_cost(const Problem& p, const RowRanges& r, std::int64_t k0, std::int64_t k1) {
+  std::int64_t pairs = 0;
+  for (std::int64_t i = 0; i < p.len_q; ++i) {
+    const auto x = static_cast<std::size_t>(i);
+    pairs += std::max<std::int64_t>(0, std::min(r.end[x], k1) - std::max(r.begin[x], k0));
+  }
+  return pairs;
+}
+
+// dq(b, h) = scale · Σ_chunks partial, in chunk order, for rows [i0, i1).
+void reduce_dq(const BackwardProblem& bp, const BackwardPlan& plan, std::int64_t g,
+               std::int64_t hg, std::int64_t i0, std::int64_t i1, const float* group) {
+  const Problem& p = bp.forward;
+  const std::int64_t b = g / p.heads_kv, h = (g % p.heads_kv) * p.group + hg;
+  const std::int64_t head_dq = plan.len_q_pad * plan.dim_k_pad;
+  const float* partials = group + plan.layout.dq_partials + hg * head_dq;
+  for (std::int64_t i = i0; i < i1; ++i)
+    for (std::int64_t d = 0; d < p.dim_k; ++d) {
+      float sum = 0.0f;
+      for (std::int64_t c = 0; c < plan.chunks; ++c)
+        sum += partials[c * p.group * head_dq + i * plan.dim_k_pad + d];
+      bp.dq.at(b, h, i, d) = p.scale * sum;
+    }
+}
+
+// ---- d(bias) ------------------------------------------------------------------------------------
+
+// A d(bias) work item owns the elements with these indices along the dims d(bias) keeps; a
+// broadcast (size-1) dimension is summed over entirely by every item.
+struct BiasItem {
+  std::int64_t b, h, q_block, key_tile;  // -1 = all (broadcast dimension)
+};
+
+std::vector<BiasItem> bias_items(const BackwardProblem& bp, const BackwardPlan& plan) {
+  const Problem& p = bp.forward;
+  const auto& s = bp.dbias_shape;
+  const std::int64_t nb = s[0] > 1 ? p.batch : 1, nh = s[1] > 1 ? p.heads_q : 1;
+  const std::int64_t nq = s[2] > 1 ? ceil_div(p.len_q, plan.rows) : 1;
+  const std::int64_t nk = s[3] > 1 ? ceil_div(p.len_k, plan.keys) : 1;
+  std::vector<BiasItem> items;
+  for (std::int64_t b = 0; b < nb; ++b)
+    for (std::int64_t h = 0; h < nh; ++h)
+      for (std::int64_t q = 0; q < nq; ++q)
+        for (std::int64_t k = 0; k < nk; ++k)
+          items.push_back({s[0] > 1 ? b : -1, s[1] > 1 ? h : -1, s[2] > 1 ? q : -1, s[3] > 1 ? k : -1});
+  return items;
+}
+
+// Adds every dS tile of the round's groups that reduces into this item's d(bias) elements.
+void run_bias_item(const BackwardProblem& bp, const BackwardPlan& plan,
+                   const std::vector<RowRanges>& ranges, const BiasItem& item,
+                   std::int64_t round_begin, std::int64_t round_end, const float* packed,
+                   float* scratch) {
+  const Problem& p = bp.forward;
+  const kernels::BackwardScratch s = scratch_tiles(plan, scratch);
+  float* dlogits = scratch + 5 * plan.rows * plan.keys;  // [rows][keys]
+  const View4<float>& db = *bp.dbias;
+  const std::int64_t q_blocks = ceil_div(p.len_q, plan.rows), key_tiles = ceil_div(p.len_k, plan.keys);
+  for (std::int64_t g = round_begin; g < round_end; ++g) {
+    const std::int64_t b = g / p.heads_kv, hk = g % p.heads_kv;
+    if (item.b >= 0 && item.b != b) continue;
+    const float* group = packed + (g - round_begin) * plan.layout.total;
+    const RowRanges& rr = ranges[static_cast<std::size_t>(b)];
+    for (std::int64_t hg = 0; hg < p.group; ++hg) {
+      const std::int64_t h = hk * p.group + hg;
+      if (item.h >= 0 && item.h != h) continue;
+      kernels::BackwardTile t = tile_for_head(bp, plan, g, hg, group);
+      t.dlogits = dlogits;
+      for (std::int64_t qb = 0; qb < q_blocks; ++qb) {
+        if (item.q_block >= 0 && item.q_block != qb) continue;
+        const std::int64_t i0 = qb * plan.rows;
+        const int rows = static_cast<int>(std::min(plan.rows, p.len_q - i0));
+        for (std::int64_t kt = 0; kt < key_tiles; ++kt) {
+          if (item.key_tile >= 0 && item.key_tile != kt) continue;
+          const std::int64_t t0 = kt * plan.keys;
+          const std::int64_t n_keys = std::min(plan.keys, round_up(p.len_k - t0, plan.nr));
+          if (!tile_visible(rr, i0, rows, t0, t0 + n_keys)) continue;
+          place_tile(t, p, rr, b, h, i0, rows, t0, n_keys);
+          plan.kernel->tile(t, s);
+          const std::int64_t keys = std::min(n_keys, p.len_k - t0);
+          for (int r = 0; r < rows; ++r)
+            for (std::int64_t c = 0; c < keys; ++c)
+              db.at(b, h, i0 + r, t0 + c) += dlogits[r * plan.keys + c];
+        }
+      }
+    }
+  }
+}
+
+void zero_dbias(const BackwardProblem& bp) {
+  const auto& s = bp.dbias_shape;
+  const View4<float>& db = *bp.dbias;
+  for (std::int64_t b = 0; b < s[0]; ++b)
+    for (std::int64_t h = 0; h < s[1]; ++h)
+      for (std::int64_t i = 0; i < s[2]; ++i)
+        for (std::int64_t j = 0; j < s[3]; ++j) db.at(b, h, i, j) = 0.0f;
+}
+
+// ---- the driver -------------------------------------------------------------------------------
+
+void zero_grads_without_keys(const BackwardProblem& bp) {
+  const Problem& p = bp.forward;
+  for (std::int64_t b = 0; b < p.batch; ++b)
+    for (std::int64_t h = 0; h < p.heads_q; ++h)
+      for (std::int64_t i = 0; i < p.len_q; ++i)
+        for (std::int64_t d = 0; d < p.dim_k; ++d) bp.dq.at(b, h, i, d) = 0.0f;
+}
+
+double run_backward(const BackwardProblem& bp, const BackwardPlan& plan) {
+  const Problem& p = bp.forward;
+  if (bp.dbias) zero_dbias(bp);
+  if (p.len_k == 0) {  // no keys: every gradient is zero (dK, dV are empty)
+    zero_grads_without_keys(bp);
+    return 0.0;
+  }
+  if (plan.groups == 0 || p.group == 0) return 0.0;
+  const std::vector<RowRanges> ranges = all_row_ranges(p);
+  const Workspace packed = acquire_workspace(static_cast<std::size_t>(plan.layout.total) *
+                                             static_cast<std::size_t>(plan.groups_per_round) * sizeof(float));
+  const Workspace scratch =
+      acquire_workspace(plan.scratch_floats * static_cast<std::size_t>(plan.threads) * sizeof(float));
+  const std::vector<BiasItem> dbias_items = bp.dbias ? bias_items(bp, plan) : std::vector<BiasItem>{};
+  std::vector<Item> items;
+  std::vector<double> item_dscale;
+  double dscale = 0.0;
+  const std::int64_t row_blocks = ceil_div(p.len_q, plan.rows);
+
+#pragma omp parallel num_threads(plan.threads)
+  {
+    float* my_scratch = scratch.floats() + plan.scratch_floats * static_cast<std::size_t>(omp_get_thread_num());
+    for (std::int64_t round = 0; round < plan.groups; round += plan.groups_per_round) {
+      const std::int64_t round_end = std::min(plan.groups, round + plan.groups_per_round);
+      const std::int64_t n_groups = round_end - round;
+#pragma omp single
+      {
+        items.clear();
+        for (std::int64_t g = 0; g < n_groups; ++g) {
+          const RowRanges& rr = ranges[static_cast<std::size_t>((round + g) / p.heads_kv)];
+          for (std::int64_t c = 0; c < plan.chunks; ++c) {
+            const std::int64_t k0 = c * plan.chunk_keys;
+            items.push_back({g, c, chunk_cost(p, rr, k0, std::min(p.len_k, k0 + plan.chunk_keys))});
+          }
+        }
+        item_dscale.assign(items.size(), 0.0);
+      }
+      // Pack: one task per group for K/V, one per query head.
+#pragma omp for schedule(dynamic, 1)
+      for (std::int64_t task = 0; task < n_groups * (1 + p.group); ++task) {
+        const std::int64_t g = task / (1 + p.group), part = task % (1 + p.group);
+        float* group = packed.floats() + g * plan.layout.total;
+        if (part == 0)
+          pack_group_keys_values(bp, plan, round + g, group);
+        else
+          pack_query_head(bp, plan, round + g, part - 1, group);
+      }
+      // Largest items first; each item's result does not depend on who runs it or when.
+#pragma omp single
+      {
+        std::vector<std::size_t> order(items.size());
+        for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+        std::stable_sort(order.begin(), order.end(),
+                         [&](std::size_t a, std::size_t b) { return items[a].cost > items[b].cost; });
+        std::vector<Item> sorted;
+        for (std::size_t i : order) sorted.push_back(items[i]);
+        items = sorted;
+      }
+#pragma omp for schedule(dynamic, 1)
+      for (std::size_t w = 0; w < items.size(); ++w) {
+        const Item& it = items[w];
+        float* group = packed.floats() + it.group_in_round * plan.layout.total;
+        item_dscale[static_cast<std::size_t>(it.group_in_round * plan.chunks + it.chunk)] =
+            run_item(bp, plan, ranges, round + it.group_in_round, it, group, my_scratch);
+      }
+#pragma omp for schedule(dynamic, 1)
+      for (std::int64_t task = 0; task < n_groups * p.group * row_blocks; ++task) {
+        const std::int64_t g = task / (p.group * row_blocks);
+        const std::int64_t hg = task / row_blocks % p.group, rb = task % row_blocks;
+        reduce_dq(bp, plan, round + g, hg, rb * plan.rows, std::min(p.len_q, (rb + 1) * plan.rows),
+                  packed.floats() + g * plan.layout.total);
+      }
+      if (bp.dbias) {
+#pragma omp for schedule(dynamic, 1)
+        for (std::size_t w = 0; w < dbias_items.size(); ++w)
+          run_bias_item(bp, plan, ranges, dbias_items[w], round, round_end, packed.floats(), my_scratch);
+      }
+#pragma omp single
+      for (double d : item_dscale) dscale += d;  // in (group, chunk) order
+    }
+  }
+  return dscale;
+}
+
+}  // namespace
+
+RunInfo backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                 const Tensor& dout, const Tensor& lse, const Options& options, const Grads& grads) {
+  const BackwardProblem bp = validate_backward(q, k, v, out, dout, lse, options, grads);
+  const BackwardPlan plan = make_backward_plan(bp);
+  const double dscale = run_backward(bp, plan);
+  if (bp.dscale != nullptr) *bp.dscale = static_cast<float>(dscale);
+  const Problem& p = bp.forward;
+  double pairs = 0;
+  for (std::int64_t b = 0; b < p.batch; ++b)
+    for (std::int64_t i = 0; i < p.len_q; ++i) {
+      const KeyRange r = visible_keys(p, b, i);
+      pairs += static_cast<double>(r.end - r.begin);
+    }
+  RunInfo info;
+  info.isa = p.isa;
+  info.threads = plan.threads;
+  info.flops = pairs * static_cast<double>(p.heads_q) * 2.0 * static_cast<double>(3 * p.dim_k + 2 * p.dim_v);
+  info.workspace_bytes = static_cast<std::size_t>(plan.layout.total) *
+                             static_cast<std::size_t>(plan.groups_per_round) * sizeof(float) +
+                         plan.scratch_floats * static_cast<std::size_t>(plan.threads) * sizeof(float);
+  return info;
+}
+
+}  // namespace sdpa

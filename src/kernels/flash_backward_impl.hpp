@@ -1,0 +1,94 @@
+// The backward tile (FlashAttention-2), written once over the SIMD abstraction. Included from the
+// ISA translation units after flash_forward_impl.hpp (which brings the panel GEMM and the softmax
+// row operations). For query rows R × keys C of one head:
+//   S  = Q·Kᵀ                    P  = exp(S·scale + bias − lse)        (recomputed, never stored)
+//   dP = dO·Vᵀ                   dS = P ∘ (dP − delta),  delta_i = dO_i·O_i
+//   dV += Pᵀ·dO                  dK += dSᵀ·Q      dQ += dS·K           (scale applied by the driver)
+//   d(scale) += Σ dS ∘ (q·k)
+
+namespace sdpa::kernels::SDPA_KERNEL_NS {
+namespace {
+
+constexpr int kBackwardKeys = 96;  // a multiple of every ISA's panel width and microkernel rows
+static_assert(kBackwardKeys % kPanel == 0 && kBackwardKeys % kMicroRows == 0,
+              "backward key tiles must be whole panels and whole microkernel row groups");
+
+// dst[c][r] = src[r][c] for r < rows, c < cols; dst rows cols..cols_pad are zero.
+void transpose_tile(const float* src, std::int64_t src_stride, int rows, std::int64_t cols,
+                    std::int64_t cols_pad, float* dst, std::int64_t dst_stride) {
+  for (std::int64_t c = 0; c < cols; ++c)
+    for (int r = 0; r < rows; ++r) dst[c * dst_stride + r] = src[r * src_stride + c];
+  for (std::int64_t c = cols; c < cols_pad; ++c)
+    for (int r = 0; r < rows; ++r) dst[c * dst_stride + r] = 0.0f;
+}
+
+// P and dS of the tile's rows; returns Σ dS ∘ S_raw over them (for d(scale)).
+double probabilities_and_dlogits(const BackwardTile& t, const BackwardScratch& s) {
+  const int rows_pad = static_cast<int>(round_up(t.rows, kMicroRows));
+  double dscale = 0.0;
+  for (int r = 0; r < t.rows; ++r) {
+    const float* raw = s.scores + r * kBackwardKeys;
+    float* p = s.probs + r * kBackwardKeys;
+    float* ds = s.dlogits + r * kBackwardKeys;  // holds dP on entry
+    const float lse = t.lse[t.i0 + r];
+    if (lse == kNegInf) {  // the row saw no key: no gradient
+      for (std::int64_t c = 0; c < t.n_keys; ++c) p[c] = ds[c] = 0.0f;
+      continue;
+    }
+    for (std::int64_t c = 0; c < t.n_keys; ++c) p[c] = raw[c];
+    const float* bias = t.bias ? t.bias + r * t.bias_row_stride : nullptr;
+    const std::uint8_t* mask = t.mask ? t.mask + r * t.mask_row_stride : nullptr;
+    logits_row(p, t.t0, t.n_keys, t.key_begin[r], t.key_end[r], t.scale, bias, t.bias_col_stride,
+               mask, t.mask_col_stride);
+    exp_row(p, t.n_keys, lse);
+    const V delta = Simd::set1(t.delta[t.i0 + r]);
+    V row_dscale = Simd::zero();
+    for (std::int64_t c = 0; c < t.n_keys; c += kLanes) {
+      const V dsv = Simd::mul(Simd::load(p + c), Simd::sub(Simd::load(ds + c), delta));
+      Simd::store(ds + c, dsv);
+      row_dscale = Simd::fma(dsv, Simd::load(raw + c), row_dscale);
+    }
+    dscale += static_cast<double>(Simd::reduce_add(row_dscale));
+  }
+  for (int r = t.rows; r < rows_pad; ++r)
+    for (std::int64_t c = 0; c < t.n_keys; ++c)
+      s.probs[r * kBackwardKeys + c] = s.dlogits[r * kBackwardKeys + c] = 0.0f;
+  return dscale;
+}
+
+void backward_tile(const BackwardTile& t, const BackwardScratch& s) {
+  const std::int64_t rows_pad = round_up(t.rows, kMicroRows);
+  const std::int64_t keys_pad = round_up(t.n_keys, kMicroRows);
+  // S = Q·Kᵀ and dP = dO·Vᵀ (rows past the tile read zero-padded Q/dO rows).
+  panel_gemm(t.q_rows + t.i0 * t.dim_k, t.dim_k, rows_pad, t.k_panels + t.t0 * t.dim_k,
+             t.dim_k * kPanel, t.n_keys, t.dim_k, s.scores, kBackwardKeys, false);
+  panel_gemm(t.do_rows + t.i0 * t.dim_v, t.dim_v, rows_pad, t.vt_panels + t.t0 * t.dim_v,
+             t.dim_v * kPanel, t.n_keys, t.dim_v, s.dlogits, kBackwardKeys, false);
+  const double dscale = probabilities_and_dlogits(t, s);
+  if (t.dlogits != nullptr) {
+    for (int r = 0; r < t.rows; ++r)
+      for (std::int64_t c = 0; c < t.n_keys; ++c)
+        t.dlogits[r * kBackwardKeys + c] = s.dlogits[r * kBackwardKeys + c];
+    return;
+  }
+  if (t.dscale != nullptr) *t.dscale += dscale;
+  // dV += Pᵀ·dO and dK += dSᵀ·Q: rows are keys, the depth is the tile's query rows.
+  transpose_tile(s.probs, kBackwardKeys, t.rows, t.n_keys, keys_pad, s.probs_t, kBlockRows);
+  transpose_tile(s.dlogits, kBackwardKeys, t.rows, t.n_keys, keys_pad, s.dlogits_t, kBlockRows);
+  panel_gemm(s.probs_t, kBlockRows, keys_pad, t.do_panels + t.i0 * kPanel, t.len_q_pad * kPanel,
+             t.dim_v_pad, t.rows, t.dv_acc, t.dim_v_pad, true);
+  panel_gemm(s.dlogits_t, kBlockRows, keys_pad, t.q_panels + t.i0 * kPanel, t.len_q_pad * kPanel,
+             t.dim_k_pad, t.rows, t.dk_acc, t.dim_k_pad, true);
+  // dQ += dS·K.
+  panel_gemm(s.dlogits, kBackwardKeys, rows_pad, t.k_rows + t.t0 * kPanel, t.len_k_pad * kPanel,
+             t.dim_k_pad, t.n_keys, t.dq_acc + t.i0 * t.dim_k_pad, t.dim_k_pad, true);
+}
+
+}  // namespace
+
+const BackwardKernel& backward_kernel() {
+  static const BackwardKernel k{SDPA_KERNEL_NAME, kPanel, kBlockRows, kBackwardKeys, &backward_tile};
+  return k;
+}
+
+}  // namespace sdpa::kernels::SDPA_KERNEL_NS
