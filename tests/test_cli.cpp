@@ -1,0 +1,536 @@
+// Tests of the `sdpa` command-line tool, run as a separate process: .npy round trips against the
+// fp64 reference, the JSON summary, and every error path with its exit code, its one-line message,
+// and the promise that a failing run leaves no output file (and no temporary file) behind.
+#ifdef SDPA_CLI_PATH
+
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/problem.hpp"
+#include "core/reference.hpp"
+#include "io/npy.hpp"
+#include "test_support.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using sdpa::DType;
+using Shape = std::vector<std::int64_t>;
+
+struct CliResult {
+  int exit_code = -1;
+  std::string out, err;  // stdout, stderr
+};
+
+std::string read_text(const fs::path& path) {
+  std::ifstream file(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>()};
+}
+
+template <typename T>
+sdpa::npy::Array array_of(DType dtype, Shape shape, const std::vector<T>& values) {
+  sdpa::npy::Array array;
+  array.dtype = dtype;
+  array.shape = std::move(shape);
+  array.data.resize(values.size() * sizeof(T));
+  std::memcpy(array.data.data(), values.data(), array.data.size());
+  return array;
+}
+
+std::vector<float> values_f32(const sdpa::npy::Array& array) { return sdpa::npy::to_f32(array); }
+
+// Random N(0, 1) inputs of one attention problem, as row-major float vectors.
+struct Qkv {
+  Shape q_shape, k_shape, v_shape;
+  std::vector<float> q, k, v;
+};
+
+std::vector<float> normal_values(std::size_t count, std::mt19937_64& rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> values(count);
+  for (float& x : values) x = normal(rng);
+  return values;
+}
+
+std::size_t numel(const Shape& shape) {
+  std::size_t n = 1;
+  for (std::int64_t extent : shape) n *= static_cast<std::size_t>(extent);
+  return n;
+}
+
+Qkv random_qkv(std::int64_t B, std::int64_t Hq, std::int64_t Hkv, std::int64_t Lq, std::int64_t Lk,
+               std::int64_t Dk, std::int64_t Dv, std::uint64_t seed = 1) {
+  std::mt19937_64 rng(seed);
+  Qkv x{{B, Hq, Lq, Dk}, {B, Hkv, Lk, Dk}, {B, Hkv, Lk, Dv}, {}, {}, {}};
+  x.q = normal_values(numel(x.q_shape), rng);
+  x.k = normal_values(numel(x.k_shape), rng);
+  x.v = normal_values(numel(x.v_shape), rng);
+  return x;
+}
+
+sdpa::Tensor view(std::vector<float>& values, const Shape& shape) {
+  sdpa::Tensor t;
+  t.data = values.data();
+  t.rank = static_cast<int>(shape.size());
+  std::int64_t stride = 1;
+  for (int d = t.rank - 1; d >= 0; --d) {
+    t.shape[static_cast<std::size_t>(d)] = shape[static_cast<std::size_t>(d)];
+    t.stride[static_cast<std::size_t>(d)] = stride;
+    stride *= shape[static_cast<std::size_t>(d)];
+  }
+  return t;
+}
+
+// The fp64 reference and naive fp32 results of `x` under `options` (mask / bias / lengths views in
+// `options` must point at memory that lives through the call).
+sdpa::test::References references(Qkv x, const sdpa::Options& options) {
+  std::vector<float> out(numel({x.q_shape[0], x.q_shape[1], x.q_shape[2], x.v_shape[3]}));
+  sdpa::Outputs outputs;
+  outputs.out = view(out, {x.q_shape[0], x.q_shape[1], x.q_shape[2], x.v_shape[3]});
+  const sdpa::Problem problem = sdpa::validate_forward(view(x.q, x.q_shape), view(x.k, x.k_shape),
+                                                       view(x.v, x.v_shape), options, outputs);
+  return sdpa::test::References(problem);
+}
+
+// A v1 .npy file in Fortran order (first index fastest), which npy::write never produces.
+void write_fortran_f32(const fs::path& path, const Shape& shape,
+                       const std::vector<float>& c_order) {
+  std::string header = "{'descr': '<f4', 'fortran_order': True, 'shape': (";
+  for (std::int64_t extent : shape) header += std::to_string(extent) + ", ";
+  header += "), }";
+  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+  header += '\n';
+  std::vector<float> fortran(c_order.size());
+  sdpa::test::Index extents{};
+  for (std::size_t d = 0; d < shape.size(); ++d) extents[d] = shape[d];
+  std::size_t c_offset = 0;
+  sdpa::test::for_each_index(
+      static_cast<int>(shape.size()), extents, [&](const sdpa::test::Index& index) {
+        std::size_t offset = 0;
+        for (std::size_t d = shape.size(); d-- > 0;)
+          offset = offset * static_cast<std::size_t>(shape[d]) + static_cast<std::size_t>(index[d]);
+        fortran[offset] = c_order[c_offset++];
+      });
+  std::ofstream file(path, std::ios::binary);
+  const auto header_len = static_cast<std::uint16_t>(header.size());
+  file.write("\x93NUMPY\x01\x00", 8);
+  const char len_bytes[2] = {static_cast<char>(header_len & 0xff),
+                             static_cast<char>(header_len >> 8)};
+  file.write(len_bytes, 2);
+  file << header;
+  file.write(reinterpret_cast<const char*>(fortran.data()),
+             static_cast<std::streamsize>(fortran.size() * sizeof(float)));
+}
+
+// Each test gets a fresh directory: `work` holds the .npy files (and nothing else, so stray temp
+// files show up), the captured stdout / stderr sit beside it.
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string pattern = (fs::temp_directory_path() / "sdpa_cli_test_XXXXXX").string();
+    ASSERT_NE(mkdtemp(pattern.data()), nullptr);
+    root_ = pattern;
+    work_ = root_ / "work";
+    fs::create_directory(work_);
+  }
+  void TearDown() override { fs::remove_all(root_); }
+
+  std::string path(const std::string& name) const { return (work_ / name).string(); }
+
+  CliResult run(const std::string& arguments) const {
+    const fs::path out = root_ / "stdout.txt", err = root_ / "stderr.txt";
+    const std::string command = std::string("'") + SDPA_CLI_PATH + "' " + arguments + " >'" +
+                                out.string() + "' 2>'" + err.string() + "'";
+    const int status = std::system(command.c_str());
+    CliResult result;
+    result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    result.out = read_text(out);
+    result.err = read_text(err);
+    return result;
+  }
+
+  void write(const std::string& name, const sdpa::npy::Array& array) {
+    sdpa::npy::write(path(name), array);
+    inputs_.insert(name);
+  }
+  void write_f32(const std::string& name, const Shape& shape, const std::vector<float>& values) {
+    write(name, array_of(DType::f32, shape, values));
+  }
+  void write_qkv(const Qkv& x) {
+    write_f32("q.npy", x.q_shape, x.q);
+    write_f32("k.npy", x.k_shape, x.k);
+    write_f32("v.npy", x.v_shape, x.v);
+  }
+  std::string qkv_arguments(const std::string& out = "out.npy") const {
+    return "run --q '" + path("q.npy") + "' --k '" + path("k.npy") + "' --v '" + path("v.npy") +
+           "' --out '" + path(out) + "'";
+  }
+
+  std::set<std::string> files_in_work() const {
+    std::set<std::string> names;
+    for (const auto& entry : fs::directory_iterator(work_)) names.insert(entry.path().filename());
+    return names;
+  }
+
+  // A failed run: exit code, one line "sdpa: error: ...mentioning...", and the directory holds
+  // exactly the files the test wrote (no output, no temporary file).
+  void expect_failure(const CliResult& r, int exit_code, const std::string& mentioning) const {
+    EXPECT_EQ(r.exit_code, exit_code) << r.err;
+    EXPECT_EQ(r.err.rfind("sdpa: error: ", 0), 0u) << r.err;
+    EXPECT_EQ(r.err.find('\n'), r.err.size() - 1) << "expected one line: " << r.err;
+    EXPECT_NE(r.err.find(mentioning), std::string::npos)
+        << "expected '" << mentioning << "' in " << r.err;
+    EXPECT_EQ(files_in_work(), inputs_);
+  }
+
+  fs::path root_, work_;
+  std::set<std::string> inputs_;  // names of the files this test put in work_
+};
+
+// ---- round trips --------------------------------------------------------------------------------
+
+TEST_F(Cli, RunRoundTripMatchesFp64Reference) {
+  const Qkv x = random_qkv(2, 4, 2, 19, 23, 16, 8);  // GQA, Lq != Lk, Dk != Dv
+  write_qkv(x);
+  const CliResult r = run(qkv_arguments());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const sdpa::npy::Array out = sdpa::npy::read(path("out.npy"));
+  EXPECT_EQ(out.dtype, DType::f32);
+  EXPECT_EQ(out.shape, (Shape{2, 4, 19, 8}));
+  const auto refs = references(x, {});
+  EXPECT_TRUE(sdpa::test::accuracy_rule("out", values_f32(out), refs.naive32.out, refs.ref64.out));
+  EXPECT_EQ(files_in_work(), (std::set<std::string>{"q.npy", "k.npy", "v.npy", "out.npy"}));
+}
+
+TEST_F(Cli, RunAcceptsF64Inputs) {
+  const Qkv x = random_qkv(1, 2, 2, 9, 11, 8, 8, 7);
+  const auto widen = [](const std::vector<float>& v) {
+    return std::vector<double>(v.begin(), v.end());
+  };
+  write("q.npy", array_of(DType::f64, x.q_shape, widen(x.q)));
+  write("k.npy", array_of(DType::f64, x.k_shape, widen(x.k)));
+  write("v.npy", array_of(DType::f64, x.v_shape, widen(x.v)));
+  const CliResult r = run(qkv_arguments());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto refs = references(x, {});
+  EXPECT_TRUE(sdpa::test::accuracy_rule("out", values_f32(sdpa::npy::read(path("out.npy"))),
+                                        refs.naive32.out, refs.ref64.out));
+}
+
+TEST_F(Cli, RunAcceptsFortranOrderInputs) {
+  const Qkv x = random_qkv(2, 3, 1, 5, 7, 4, 6, 3);
+  write_fortran_f32(work_ / "q.npy", x.q_shape, x.q);
+  write_fortran_f32(work_ / "k.npy", x.k_shape, x.k);
+  write_fortran_f32(work_ / "v.npy", x.v_shape, x.v);
+  const CliResult r = run(qkv_arguments());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto refs = references(x, {});
+  EXPECT_TRUE(sdpa::test::accuracy_rule("out", values_f32(sdpa::npy::read(path("out.npy"))),
+                                        refs.naive32.out, refs.ref64.out));
+}
+
+TEST_F(Cli, RunWritesLseAndWeightsMatchingReference) {
+  // Lq > Lk with a bottom-right causal mask: the first rows see no key (lse = -inf, weights 0).
+  const Qkv x = random_qkv(1, 2, 1, 12, 8, 8, 4, 5);
+  write_qkv(x);
+  const CliResult r = run(qkv_arguments() + " --causal bottom-right --lse '" + path("lse.npy") +
+                          "' --weights '" + path("w.npy") + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  sdpa::Options options;
+  options.causal = sdpa::Causal::bottom_right;
+  const auto refs = references(x, options);
+  const sdpa::npy::Array lse = sdpa::npy::read(path("lse.npy"));
+  const sdpa::npy::Array weights = sdpa::npy::read(path("w.npy"));
+  EXPECT_EQ(lse.shape, (Shape{1, 2, 12}));
+  EXPECT_EQ(weights.shape, (Shape{1, 2, 12, 8}));
+  EXPECT_TRUE(sdpa::test::accuracy_rule("out", values_f32(sdpa::npy::read(path("out.npy"))),
+                                        refs.naive32.out, refs.ref64.out));
+  EXPECT_TRUE(sdpa::test::accuracy_rule("lse", values_f32(lse), refs.naive32.lse, refs.ref64.lse));
+  EXPECT_TRUE(sdpa::test::accuracy_rule("weights", values_f32(weights), refs.naive32.weights,
+                                        refs.ref64.weights));
+}
+
+TEST_F(Cli, RunCombinesMaskBiasLengthsWindowAndScale) {
+  const std::int64_t B = 2, H = 2, Lq = 10, Lk = 14;
+  const Qkv x = random_qkv(B, H, H, Lq, Lk, 8, 8, 11);
+  write_qkv(x);
+  std::vector<std::uint8_t> mask(numel({1, 1, Lq, Lk}));  // broadcast over batch and heads
+  for (std::size_t n = 0; n < mask.size(); ++n) mask[n] = n % 5 != 0;
+  std::mt19937_64 rng(3);
+  const std::vector<float> bias = normal_values(numel({B, 1, Lq, Lk}), rng);
+  const std::vector<std::int64_t> key_lengths{14, 9};
+  const std::vector<std::int32_t> query_lengths{10, 7};
+  write("mask.npy", array_of(DType::boolean, {1, 1, Lq, Lk}, mask));
+  write("bias.npy",
+        array_of(DType::f64, {B, 1, Lq, Lk}, std::vector<double>(bias.begin(), bias.end())));
+  write("kl.npy", array_of(DType::i64, {B}, key_lengths));
+  write("ql.npy", array_of(DType::i32, {B}, query_lengths));
+  const CliResult r = run(qkv_arguments() + " --causal top-left --mask '" + path("mask.npy") +
+                          "' --bias '" + path("bias.npy") + "' --key-lengths '" + path("kl.npy") +
+                          "' --query-lengths '" + path("ql.npy") + "' --window 4,2 --scale 0.3");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+
+  std::vector<float> bias_copy = bias;
+  const std::vector<std::int32_t> key_lengths32{14, 9};
+  sdpa::Options options;
+  options.causal = sdpa::Causal::top_left;
+  options.mask = sdpa::Tensor::contiguous(mask.data(), DType::boolean, {1, 1, Lq, Lk});
+  options.bias = view(bias_copy, {B, 1, Lq, Lk});
+  options.key_lengths = key_lengths32;
+  options.query_lengths = query_lengths;
+  options.window = sdpa::Window{4, 2};
+  options.scale = 0.3f;
+  const auto refs = references(x, options);
+  EXPECT_TRUE(sdpa::test::accuracy_rule("out", values_f32(sdpa::npy::read(path("out.npy"))),
+                                        refs.naive32.out, refs.ref64.out));
+}
+
+TEST_F(Cli, RunIsBitwiseIdenticalForOneAndTwoThreads) {
+  write_qkv(random_qkv(1, 4, 4, 70, 70, 32, 32, 9));
+  ASSERT_EQ(run(qkv_arguments("one.npy") + " --threads 1").exit_code, 0);
+  ASSERT_EQ(run(qkv_arguments("two.npy") + " --threads 2").exit_code, 0);
+  EXPECT_EQ(sdpa::npy::read(path("one.npy")).data, sdpa::npy::read(path("two.npy")).data);
+}
+
+TEST_F(Cli, RunWithScalarIsaMatchesReference) {
+  const Qkv x = random_qkv(1, 2, 2, 17, 17, 12, 12, 13);
+  write_qkv(x);
+  const CliResult r = run(qkv_arguments() + " --isa scalar --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["isa"], "scalar");
+  const auto refs = references(x, {});
+  EXPECT_TRUE(sdpa::test::accuracy_rule("out", values_f32(sdpa::npy::read(path("out.npy"))),
+                                        refs.naive32.out, refs.ref64.out));
+}
+
+// ---- the summary --------------------------------------------------------------------------------
+
+TEST_F(Cli, RunJsonPrintsOneObjectWithShapesTimingAndOutputs) {
+  write_qkv(random_qkv(2, 4, 2, 16, 24, 8, 4));
+  const CliResult r = run(qkv_arguments() + " --json --repeat 3 --lse '" + path("lse.npy") + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json s = nlohmann::json::parse(r.out);  // throws unless stdout is one object
+  ASSERT_TRUE(s.is_object());
+  for (const char* key : {"shapes", "options", "isa", "threads", "time_ms", "gflops", "flops",
+                          "outputs", "repeat", "times_ms"})
+    EXPECT_TRUE(s.contains(key)) << key;
+  EXPECT_EQ(s["shapes"],
+            (nlohmann::json{
+                {"B", 2}, {"Hq", 4}, {"Hkv", 2}, {"Lq", 16}, {"Lk", 24}, {"Dk", 8}, {"Dv", 4}}));
+  EXPECT_EQ(s["repeat"], 3);
+  EXPECT_EQ(s["times_ms"].size(), 3u);
+  EXPECT_DOUBLE_EQ(s["flops"].get<double>(), 2.0 * 4 * 16 * 24 * 2 * (8 + 4));
+  EXPECT_GE(s["threads"].get<int>(), 1);
+  EXPECT_EQ(s["outputs"]["out"], path("out.npy"));
+  EXPECT_EQ(s["outputs"]["lse"], path("lse.npy"));
+}
+
+TEST_F(Cli, RunTextSummaryNamesShapesSpeedAndOutput) {
+  write_qkv(random_qkv(1, 2, 2, 8, 8, 8, 8));
+  const CliResult r = run(qkv_arguments());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const char* text : {"Hq=2", "Lk=8", "GFLOP/s", "ms", "out.npy"})
+    EXPECT_NE(r.out.find(text), std::string::npos) << text << " not in\n" << r.out;
+}
+
+// ---- error paths: exit code, message, nothing written ------------------------------------------
+
+TEST_F(Cli, MissingInputFileExits1AndNamesTheFile) {
+  write_qkv(random_qkv(1, 1, 1, 4, 4, 4, 4));
+  fs::remove(path("k.npy"));
+  inputs_.erase("k.npy");
+  expect_failure(run(qkv_arguments()), 1, path("k.npy"));
+}
+
+TEST_F(Cli, TruncatedNpyExits1) {
+  write_qkv(random_qkv(1, 1, 1, 4, 4, 4, 4));
+  fs::resize_file(path("v.npy"), fs::file_size(path("v.npy")) - 6);
+  expect_failure(run(qkv_arguments()), 1, path("v.npy"));
+}
+
+TEST_F(Cli, MismatchedHeadDimensionExits2AndNamesTheArgument) {
+  Qkv x = random_qkv(1, 2, 2, 4, 4, 8, 8);
+  write_f32("q.npy", x.q_shape, x.q);
+  write_f32("k.npy", {1, 2, 4, 6}, std::vector<float>(48, 1.0f));  // Dk 6, q has 8
+  write_f32("v.npy", x.v_shape, x.v);
+  const CliResult r = run(qkv_arguments());
+  expect_failure(r, 2, "--k");
+  EXPECT_NE(r.err.find("k.shape[3]"), std::string::npos) << r.err;
+}
+
+TEST_F(Cli, InputOfWrongRankExits2) {
+  write_qkv(random_qkv(1, 1, 1, 4, 4, 4, 4));
+  write_f32("q.npy", {4, 4}, std::vector<float>(16, 0.5f));
+  expect_failure(run(qkv_arguments()), 2, "--q");
+}
+
+TEST_F(Cli, IntegerInputExits2) {
+  write_qkv(random_qkv(1, 1, 1, 4, 4, 4, 4));
+  write("v.npy", array_of(DType::i32, {1, 1, 4, 4}, std::vector<std::int32_t>(16, 1)));
+  expect_failure(run(qkv_arguments()), 2, "--v");
+}
+
+TEST_F(Cli, BadWindowValuesExit2) {
+  write_qkv(random_qkv(1, 1, 1, 4, 4, 4, 4));
+  for (const char* window : {"3", "a,b", "1,2,3", "-5,0", "2,", ",2"}) {
+    SCOPED_TRACE(window);
+    expect_failure(run(qkv_arguments() + " --window='" + window + "'"), 2, "--window");
+  }
+}
+
+TEST_F(Cli, WindowAcceptsMinusOneForUnbounded) {
+  write_qkv(random_qkv(1, 1, 1, 6, 6, 4, 4));
+  EXPECT_EQ(run(qkv_arguments() + " --window -1,2").exit_code, 0);
+  EXPECT_EQ(run(qkv_arguments() + " --window=3,-1").exit_code, 0);
+}
+
+TEST_F(Cli, BadCausalValueExits2) {
+  write_qkv(random_qkv(1, 1, 1, 4, 4, 4, 4));
+  expect_failure(run(qkv_arguments() + " --causal sideways"), 2, "--causal");
+}
+
+TEST_F(Cli, ZeroRepeatExits2) {
+  write_qkv(random_qkv(1, 1, 1, 4, 4, 4, 4));
+  expect_failure(run(qkv_arguments() + " --repeat 0"), 2, "--repeat");
+}
+
+TEST_F(Cli, BadIsaValueExits2) {
+  write_qkv(random_qkv(1, 1, 1, 4, 4, 4, 4));
+  expect_failure(run(qkv_arguments() + " --isa sse9"), 2, "--isa");
+}
+
+TEST_F(Cli, MaskOfFloatDtypeExits2) {
+  write_qkv(random_qkv(1, 1, 1, 4, 4, 4, 4));
+  write_f32("mask.npy", {4, 4}, std::vector<float>(16, 1.0f));
+  expect_failure(run(qkv_arguments() + " --mask '" + path("mask.npy") + "'"), 2, "--mask");
+}
+
+TEST_F(Cli, MaskOfWrongShapeExits2) {
+  write_qkv(random_qkv(1, 1, 1, 4, 4, 4, 4));
+  write("mask.npy", array_of(DType::boolean, {4, 3}, std::vector<std::uint8_t>(12, 1)));
+  expect_failure(run(qkv_arguments() + " --mask '" + path("mask.npy") + "'"), 2, "--mask");
+}
+
+TEST_F(Cli, KeyLengthsOfFloatDtypeExit2) {
+  write_qkv(random_qkv(2, 1, 1, 4, 4, 4, 4));
+  write_f32("kl.npy", {2}, {4.0f, 4.0f});
+  expect_failure(run(qkv_arguments() + " --key-lengths '" + path("kl.npy") + "'"), 2,
+                 "--key-lengths");
+}
+
+TEST_F(Cli, KeyLengthBeyondInt32Exits2) {
+  write_qkv(random_qkv(2, 1, 1, 4, 4, 4, 4));
+  write("kl.npy", array_of(DType::i64, {2}, std::vector<std::int64_t>{4, std::int64_t{1} << 40}));
+  expect_failure(run(qkv_arguments() + " --key-lengths '" + path("kl.npy") + "'"), 2,
+                 "--key-lengths");
+}
+
+TEST_F(Cli, KeyLengthLongerThanKeysExits2) {
+  write_qkv(random_qkv(2, 1, 1, 4, 4, 4, 4));
+  write("kl.npy", array_of(DType::i32, {2}, std::vector<std::int32_t>{4, 5}));
+  expect_failure(run(qkv_arguments() + " --key-lengths '" + path("kl.npy") + "'"), 2,
+                 "--key-lengths");
+}
+
+TEST_F(Cli, NonFiniteScaleExits2) {
+  write_qkv(random_qkv(1, 1, 1, 4, 4, 4, 4));
+  expect_failure(run(qkv_arguments() + " --scale inf"), 2, "scale");
+}
+
+TEST_F(Cli, SameOutputPathTwiceExits2) {
+  write_qkv(random_qkv(1, 1, 1, 4, 4, 4, 4));
+  expect_failure(run(qkv_arguments() + " --lse '" + (work_ / "." / "out.npy").string() + "'"), 2,
+                 "out.npy");
+}
+
+TEST_F(Cli, OutputInMissingDirectoryExits1) {
+  write_qkv(random_qkv(1, 1, 1, 4, 4, 4, 4));
+  expect_failure(run(qkv_arguments("no_such_dir/out.npy")), 1, "no_such_dir");
+}
+
+TEST_F(Cli, FailedRunLeavesExistingOutputUnchanged) {
+  write_qkv(random_qkv(1, 1, 1, 4, 4, 4, 4));
+  write_f32("k.npy", {1, 1, 4, 5}, std::vector<float>(20, 1.0f));  // Dk mismatch
+  { std::ofstream(path("out.npy")) << "precious"; }
+  inputs_.insert("out.npy");
+  expect_failure(run(qkv_arguments()), 2, "--k");
+  EXPECT_EQ(read_text(path("out.npy")), "precious");
+}
+
+TEST_F(Cli, FailedWeightsWriteLeavesNoWeightsFile) {
+  write_qkv(random_qkv(1, 1, 1, 4, 4, 4, 4));
+  const CliResult r = run(qkv_arguments() + " --weights '" + path("missing_dir/w.npy") + "'");
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_FALSE(fs::exists(path("missing_dir")));
+  for (const std::string& name : files_in_work())  // out.npy may exist; nothing half-written
+    EXPECT_TRUE(inputs_.count(name) || name == "out.npy") << name;
+}
+
+// ---- the command line itself ------------------------------------------------------------------
+
+TEST_F(Cli, UnknownOptionExits2WithOneLine) {
+  write_qkv(random_qkv(1, 1, 1, 4, 4, 4, 4));
+  expect_failure(run(qkv_arguments() + " --bogus 1"), 2, "--bogus");
+}
+
+TEST_F(Cli, MissingRequiredOptionExits2) {
+  expect_failure(run("run --q '" + path("q.npy") + "'"), 2, "--k");
+}
+
+TEST_F(Cli, UnknownSubcommandExits2) { expect_failure(run("frobnicate"), 2, "frobnicate"); }
+
+TEST_F(Cli, HelpExits0AndListsOptions) {
+  const CliResult top = run("--help");
+  EXPECT_EQ(top.exit_code, 0);
+  EXPECT_NE(top.out.find("run"), std::string::npos) << top.out;
+  const CliResult sub = run("run --help");
+  EXPECT_EQ(sub.exit_code, 0);
+  for (const char* flag : {"--q", "--window", "--key-lengths", "--json", "--repeat", "--isa"})
+    EXPECT_NE(sub.out.find(flag), std::string::npos) << flag;
+}
+
+TEST_F(Cli, VersionFlagPrintsLibraryVersion) {
+  const CliResult r = run("--version");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find(sdpa::version()), std::string::npos) << r.out;
+}
+
+// ---- demo -------------------------------------------------------------------------------------
+
+TEST_F(Cli, DemoChecksAgainstReferenceAndReportsSpeed) {
+  const CliResult r = run(
+      "demo --batch 2 --heads 4 --kv-heads 2 --length 96 --dim 32 --causal top-left --threads 2");
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  for (const char* text : {"Hq=4", "Hkv=2", "Lq=96", "GFLOP/s", "max abs error", "-> ok"})
+    EXPECT_NE(r.out.find(text), std::string::npos) << text << " not in\n" << r.out;
+}
+
+TEST_F(Cli, NoArgumentsRunsDefaultDemo) {
+  const CliResult r = run("");
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  for (const char* text : {"sdpa demo", "Lq=1024", "Dk=128", "-> ok"})
+    EXPECT_NE(r.out.find(text), std::string::npos) << text << " not in\n" << r.out;
+}
+
+TEST_F(Cli, DemoRejectsZeroDimension) { expect_failure(run("demo --dim 0"), 2, "--dim"); }
+
+TEST_F(Cli, DemoRejectsKvHeadsNotDividingHeads) {
+  expect_failure(run("demo --heads 8 --kv-heads 3"), 2, "--kv-heads");
+}
+
+}  // namespace
+
+#endif  // SDPA_CLI_PATH
