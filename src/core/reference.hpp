@@ -29,3 +29,32 @@ extern template Result<double> forward<double>(const Problem&);
 extern template Result<float> forward<float>(const Problem&);
 
 }  // namespace sdpa::reference
+
+namespace sdpa::reference {
+
+/// Gradients of a backward problem, each a contiguous row-major array.
+template <typename T>
+struct BackwardResult {
+  std::vector<T> dq;     // [B, Hq, Lq, Dk]
+  std::vector<T> dk;     // [B, Hkv, Lk, Dk]: summed over the query heads of each group
+  std::vector<T> dv;     // [B, Hkv, Lk, Dv]: likewise
+  std::vector<T> dbias;  // BackwardProblem::dbias_shape [B|1, Hq|1, Lq|1, Lk|1]; empty without dbias
+  T dscale = 0;          // dL/d(scale) = Σ dS ∘ (q·k)
+};
+
+/// The backward pass of a validated problem written the way the math reads, computed in T:
+///   P = softmax(scale·Q·Kᵀ + bias) (recomputed from q, k, bias and the masks exactly as forward()
+///   does; the problem's out and lse are not read), O = P·V,
+///   D_i = dO_i·O_i,  dP_ij = dO_i·V_j,  dS_ij = P_ij (dP_ij − D_i),
+///   dQ = scale·dS·K,  dK = scale·dSᵀ·Q,  dV = Pᵀ·dO,  dbias = dS summed over broadcast dims,
+///   dscale = Σ dS_ij (q_i·k_j).
+/// With T = double it is the fp64 reference of the backward tests; with T = float the naive32
+/// baseline. dbias is computed only when the problem has a dbias view. Rows with no visible key
+/// contribute nothing.
+template <typename T>
+BackwardResult<T> backward(const BackwardProblem& problem);
+
+extern template BackwardResult<double> backward<double>(const BackwardProblem&);
+extern template BackwardResult<float> backward<float>(const BackwardProblem&);
+
+}  // namespace sdpa::reference
