@@ -60,7 +60,7 @@ struct BackwardPlan {
   std::int64_t chunk_keys = 0, chunks = 0;
   std::int64_t groups = 0, groups_per_round = 1;
   GroupLayout layout;
-  std::size_t scratch_floats = 0;  // per thread: 6 tiles + dK/dV accumulators
+  std::size_t scratch_floats = 0;  // per thread: 4 tiles + dK/dV accumulators
   int threads = 1;
 };
 
@@ -97,8 +97,8 @@ BackwardPlan make_backward_plan(const BackwardProblem& bp) {
   g.dq_partials = g.heads + p.group * g.head_size;
   g.total = g.dq_partials + std::max<std::int64_t>(plan.chunks, 1) * p.group * plan.len_q_pad * plan.dim_k_pad;
 
-  // 5 tiles for the kernel, 1 for d(bias) tiles, then the dK/dV accumulators of one key tile.
-  plan.scratch_floats = static_cast<std::size_t>(6 * plan.rows * plan.keys +
+  // 3 tiles for the kernel, 1 for d(bias) tiles, then the dK/dV accumulators of one key tile.
+  plan.scratch_floats = static_cast<std::size_t>(4 * plan.rows * plan.keys +
                                                  plan.keys * (plan.dim_k_pad + plan.dim_v_pad));
   const std::size_t group_bytes = static_cast<std::size_t>(g.total) * sizeof(float);
   const std::size_t scratch_bytes = plan.scratch_floats * sizeof(float) * static_cast<std::size_t>(plan.threads);
@@ -267,7 +267,7 @@ bool tile_visible(const RowRanges& r, std::int64_t i0, std::int64_t rows, std::i
 
 kernels::BackwardScratch scratch_tiles(const BackwardPlan& plan, float* scratch) {
   const std::int64_t tile = plan.rows * plan.keys;
-  return {scratch, scratch + tile, scratch + 2 * tile, scratch + 3 * tile, scratch + 4 * tile};
+  return {scratch, scratch + tile, scratch + 2 * tile};
 }
 
 struct Item {
@@ -282,7 +282,7 @@ double run_item(const BackwardProblem& bp, const BackwardPlan& plan,
   const std::int64_t b = g / p.heads_kv, hk = g % p.heads_kv;
   const GroupLayout& l = plan.layout;
   const kernels::BackwardScratch s = scratch_tiles(plan, scratch);
-  float* dk_acc = scratch + 6 * plan.rows * plan.keys;
+  float* dk_acc = scratch + 4 * plan.rows * plan.keys;
   float* dv_acc = dk_acc + plan.keys * plan.dim_k_pad;
   const std::int64_t head_dq = plan.len_q_pad * plan.dim_k_pad;
   float* dq_partial = group + l.dq_partials + item.chunk * p.group * head_dq;
@@ -374,7 +374,7 @@ void run_bias_item(const BackwardProblem& bp, const BackwardPlan& plan,
                    float* scratch) {
   const Problem& p = bp.forward;
   const kernels::BackwardScratch s = scratch_tiles(plan, scratch);
-  float* dlogits = scratch + 5 * plan.rows * plan.keys;  // [rows][keys]
+  float* dlogits = scratch + 3 * plan.rows * plan.keys;  // [rows][keys]
   const View4<float>& db = *bp.dbias;
   const std::int64_t q_blocks = ceil_div(p.len_q, plan.rows), key_tiles = ceil_div(p.len_k, plan.keys);
   for (std::int64_t g = round_begin; g < round_end; ++g) {

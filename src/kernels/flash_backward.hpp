@@ -43,10 +43,9 @@ struct BackwardTile {
   float* dlogits = nullptr;
 };
 
-/// Per-thread scratch: five [block_rows × block_keys] tiles.
+/// Per-thread scratch: three [block_rows × block_keys] tiles.
 struct BackwardScratch {
   float *scores = nullptr, *probs = nullptr, *dlogits = nullptr;
-  float *probs_t = nullptr, *dlogits_t = nullptr;  // transposed: [block_keys][block_rows]
 };
 
 struct BackwardKernel {

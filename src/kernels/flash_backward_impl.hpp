@@ -13,15 +13,6 @@ constexpr int kBackwardKeys = 96;  // a multiple of every ISA's panel width and 
 static_assert(kBackwardKeys % kPanel == 0 && kBackwardKeys % kMicroRows == 0,
               "backward key tiles must be whole panels and whole microkernel row groups");
 
-// dst[c][r] = src[r][c] for r < rows, c < cols; dst rows cols..cols_pad are zero.
-void transpose_tile(const float* src, std::int64_t src_stride, int rows, std::int64_t cols,
-                    std::int64_t cols_pad, float* dst, std::int64_t dst_stride) {
-  for (std::int64_t c = 0; c < cols; ++c)
-    for (int r = 0; r < rows; ++r) dst[c * dst_stride + r] = src[r * src_stride + c];
-  for (std::int64_t c = cols; c < cols_pad; ++c)
-    for (int r = 0; r < rows; ++r) dst[c * dst_stride + r] = 0.0f;
-}
-
 // P and dS of the tile's rows; returns Σ dS ∘ S_raw over them (for d(scale)).
 double probabilities_and_dlogits(const BackwardTile& t, const BackwardScratch& s) {
   const int rows_pad = static_cast<int>(round_up(t.rows, kMicroRows));
@@ -50,8 +41,11 @@ double probabilities_and_dlogits(const BackwardTile& t, const BackwardScratch& s
     }
     dscale += static_cast<double>(Simd::reduce_add(row_dscale));
   }
-  for (int r = t.rows; r < rows_pad; ++r)
-    for (std::int64_t c = 0; c < t.n_keys; ++c)
+  // Zero padding: rows past the tile (read by dS·K) and columns up to whole microkernel row
+  // groups (read by the transposed products Pᵀ·dO and dSᵀ·Q).
+  const std::int64_t keys_pad = round_up(t.n_keys, kMicroRows);
+  for (int r = 0; r < rows_pad; ++r)
+    for (std::int64_t c = r < t.rows ? t.n_keys : 0; c < keys_pad; ++c)
       s.probs[r * kBackwardKeys + c] = s.dlogits[r * kBackwardKeys + c] = 0.0f;
   return dscale;
 }
@@ -60,10 +54,10 @@ void backward_tile(const BackwardTile& t, const BackwardScratch& s) {
   const std::int64_t rows_pad = round_up(t.rows, kMicroRows);
   const std::int64_t keys_pad = round_up(t.n_keys, kMicroRows);
   // S = Q·Kᵀ and dP = dO·Vᵀ (rows past the tile read zero-padded Q/dO rows).
-  panel_gemm(t.q_rows + t.i0 * t.dim_k, t.dim_k, rows_pad, t.k_panels + t.t0 * t.dim_k,
-             t.dim_k * kPanel, t.n_keys, t.dim_k, s.scores, kBackwardKeys, false);
-  panel_gemm(t.do_rows + t.i0 * t.dim_v, t.dim_v, rows_pad, t.vt_panels + t.t0 * t.dim_v,
-             t.dim_v * kPanel, t.n_keys, t.dim_v, s.dlogits, kBackwardKeys, false);
+  panel_gemm<false>(t.q_rows + t.i0 * t.dim_k, t.dim_k, rows_pad, t.k_panels + t.t0 * t.dim_k,
+                    t.dim_k * kPanel, t.n_keys, t.dim_k, s.scores, kBackwardKeys);
+  panel_gemm<false>(t.do_rows + t.i0 * t.dim_v, t.dim_v, rows_pad, t.vt_panels + t.t0 * t.dim_v,
+                    t.dim_v * kPanel, t.n_keys, t.dim_v, s.dlogits, kBackwardKeys);
   const double dscale = probabilities_and_dlogits(t, s);
   if (t.dlogits != nullptr) {
     for (int r = 0; r < t.rows; ++r)
@@ -72,16 +66,16 @@ void backward_tile(const BackwardTile& t, const BackwardScratch& s) {
     return;
   }
   if (t.dscale != nullptr) *t.dscale += dscale;
-  // dV += Pᵀ·dO and dK += dSᵀ·Q: rows are keys, the depth is the tile's query rows.
-  transpose_tile(s.probs, kBackwardKeys, t.rows, t.n_keys, keys_pad, s.probs_t, kBlockRows);
-  transpose_tile(s.dlogits, kBackwardKeys, t.rows, t.n_keys, keys_pad, s.dlogits_t, kBlockRows);
-  panel_gemm(s.probs_t, kBlockRows, keys_pad, t.do_panels + t.i0 * kPanel, t.len_q_pad * kPanel,
-             t.dim_v_pad, t.rows, t.dv_acc, t.dim_v_pad, true);
-  panel_gemm(s.dlogits_t, kBlockRows, keys_pad, t.q_panels + t.i0 * kPanel, t.len_q_pad * kPanel,
-             t.dim_k_pad, t.rows, t.dk_acc, t.dim_k_pad, true);
+  // dV += Pᵀ·dO and dK += dSᵀ·Q: rows are keys, the depth is the tile's query rows; Pᵀ and dSᵀ
+  // are read transposed in place (P and dS are zero past n_keys up to keys_pad).
+  panel_gemm<true, true>(s.probs, kBackwardKeys, keys_pad, t.do_panels + t.i0 * kPanel,
+                         t.len_q_pad * kPanel, t.dim_v_pad, t.rows, t.dv_acc, t.dim_v_pad);
+  panel_gemm<true, true>(s.dlogits, kBackwardKeys, keys_pad, t.q_panels + t.i0 * kPanel,
+                         t.len_q_pad * kPanel, t.dim_k_pad, t.rows, t.dk_acc, t.dim_k_pad);
   // dQ += dS·K.
-  panel_gemm(s.dlogits, kBackwardKeys, rows_pad, t.k_rows + t.t0 * kPanel, t.len_k_pad * kPanel,
-             t.dim_k_pad, t.n_keys, t.dq_acc + t.i0 * t.dim_k_pad, t.dim_k_pad, true);
+  panel_gemm<true>(s.dlogits, kBackwardKeys, rows_pad, t.k_rows + t.t0 * kPanel,
+                   t.len_k_pad * kPanel, t.dim_k_pad, t.n_keys, t.dq_acc + t.i0 * t.dim_k_pad,
+                   t.dim_k_pad);
 }
 
 }  // namespace

@@ -60,8 +60,8 @@ void pack_queries(const BlockState& st) {
 // scores[r][0..n_keys) = Q[r]·K[t0 + c] for every row group.
 void compute_scores(const BlockState& st, std::int64_t t0, std::int64_t n_keys) {
   const std::int64_t dim_k = st.shape.dim_k;
-  panel_gemm(st.q_packed, dim_k, st.groups * kMicroRows, st.kv.k_panels + t0 * dim_k,
-             dim_k * kPanel, n_keys, dim_k, st.scores, kBlockKeys, false);
+  panel_gemm<false>(st.q_packed, dim_k, st.groups * kMicroRows, st.kv.k_panels + t0 * dim_k,
+                    dim_k * kPanel, n_keys, dim_k, st.scores, kBlockKeys);
 }
 
 // Row r's logits over keys [t0, t0 + n_keys) from its raw scores (softmax_rows_impl.hpp).
@@ -103,8 +103,8 @@ void softmax_tile(const BlockState& st, std::int64_t t0, std::int64_t n_keys) {
 
 // acc += P·V[t0 .. t0 + n_keys) for every row group and value panel.
 void accumulate_values(const BlockState& st, std::int64_t t0, std::int64_t n_keys) {
-  panel_gemm(st.scores, kBlockKeys, st.groups * kMicroRows, st.kv.v_panels + t0 * kPanel,
-             st.kv.len_k_padded * kPanel, st.dim_v_pad, n_keys, st.acc, st.dim_v_pad, true);
+  panel_gemm<true>(st.scores, kBlockKeys, st.groups * kMicroRows, st.kv.v_panels + t0 * kPanel,
+                   st.kv.len_k_padded * kPanel, st.dim_v_pad, n_keys, st.acc, st.dim_v_pad);
 }
 
 void write_outputs(const BlockState& st) {

@@ -2,7 +2,8 @@
 // kernel (forward: Q·Kᵀ and P·V; backward: dO·Vᵀ, Pᵀ·dO, dSᵀ·Q, dS·K).
 //
 //   C[rows][cols] (+)= A[rows][depth] · B[depth][cols]
-//   A: row r at a + r·lda, unit stride along depth (read by broadcast, one element at a time)
+//   A: element (r, k) at a[r·lda + k] (row-major), or at a[k·lda + r] when transposed (so Pᵀ and
+//      dSᵀ are read straight from P and dS); read by broadcast, one element at a time
 //   B: panels of kPanel columns, panel p at b + p·b_panel_stride, laid out [depth][kPanel]
 //   rows a multiple of kMicroRows, cols a multiple of kPanel (callers pad with zeros)
 //
@@ -18,7 +19,7 @@ inline std::int64_t max_i64(std::int64_t a, std::int64_t b) { return a > b ? a :
 inline std::int64_t round_up(std::int64_t x, std::int64_t to) { return (x + to - 1) / to * to; }
 
 // One kMicroRows × kPanel block of C, kept in registers over the whole depth.
-template <bool kAccumulate>
+template <bool kAccumulate, bool kTransposeA>
 void gemm_microkernel(const float* a, std::int64_t lda, const float* b_panel, std::int64_t depth,
                       float* c, std::int64_t ldc) {
   V acc[kMicroRows][2];
@@ -36,7 +37,7 @@ void gemm_microkernel(const float* a, std::int64_t lda, const float* b_panel, st
     const V b1 = Simd::load(b_panel + k * kPanel + kLanes);
 #pragma GCC unroll 16
     for (int r = 0; r < kMicroRows; ++r) {
-      const V av = Simd::set1(a[r * lda + k]);
+      const V av = Simd::set1(kTransposeA ? a[k * lda + r] : a[r * lda + k]);
       acc[r][0] = Simd::fma(av, b0, acc[r][0]);
       acc[r][1] = Simd::fma(av, b1, acc[r][1]);
     }
@@ -49,16 +50,15 @@ void gemm_microkernel(const float* a, std::int64_t lda, const float* b_panel, st
 }
 
 // The whole product, panel by panel (the B panel stays in L1 across the row groups).
+template <bool kAccumulate, bool kTransposeA = false>
 void panel_gemm(const float* a, std::int64_t lda, std::int64_t rows, const float* b,
                 std::int64_t b_panel_stride, std::int64_t cols, std::int64_t depth, float* c,
-                std::int64_t ldc, bool accumulate) {
+                std::int64_t ldc) {
   for (std::int64_t col = 0; col < cols; col += kPanel) {
     const float* b_panel = b + col / kPanel * b_panel_stride;
     for (std::int64_t r = 0; r < rows; r += kMicroRows) {
-      if (accumulate)
-        gemm_microkernel<true>(a + r * lda, lda, b_panel, depth, c + r * ldc + col, ldc);
-      else
-        gemm_microkernel<false>(a + r * lda, lda, b_panel, depth, c + r * ldc + col, ldc);
+      const float* a_rows = kTransposeA ? a + r : a + r * lda;
+      gemm_microkernel<kAccumulate, kTransposeA>(a_rows, lda, b_panel, depth, c + r * ldc + col, ldc);
     }
   }
 }
