@@ -30,6 +30,7 @@ namespace {
 using kernels::BackwardKernel;
 
 constexpr std::int64_t kMaxKeyChunks = 8;
+constexpr std::int64_t kMinTilesPerChunk = 8;
 constexpr std::size_t kDefaultPackBudget = std::size_t{64} << 20;
 
 const BackwardKernel& backward_kernel_for(Isa isa) {
@@ -75,8 +76,10 @@ BackwardPlan make_backward_plan(const BackwardProblem& bp) {
   plan.len_k_pad = round_up(std::max<std::int64_t>(p.len_k, 1), plan.keys);
   plan.dim_k_pad = round_up(p.dim_k, plan.nr);
   plan.dim_v_pad = round_up(p.dim_v, plan.nr);
+  // Enough chunks for parallel work when there are few (batch, kv-head) groups, but whole runs of
+  // tiles each: every chunk costs a dQ partial to zero and to reduce.
   const std::int64_t tiles = ceil_div(p.len_k, plan.keys);
-  plan.chunks = std::min(kMaxKeyChunks, tiles);
+  plan.chunks = std::min(kMaxKeyChunks, ceil_div(tiles, kMinTilesPerChunk));
   plan.chunk_keys = plan.chunks > 0 ? ceil_div(tiles, plan.chunks) * plan.keys : plan.keys;
   if (plan.chunks > 0) plan.chunks = ceil_div(p.len_k, plan.chunk_keys);
   plan.groups = p.batch * p.heads_kv;
@@ -119,15 +122,32 @@ BackwardPlan make_backward_plan(const BackwardProblem& bp) {
 
 // ---- packing ------------------------------------------------------------------------------------
 
+// Row j of src(b, h, ·, ·), columns [c0, c0 + n), into dst (zeros past dim or past len).
+void copy_row(const View4<const float>& src, std::int64_t b, std::int64_t h, std::int64_t j,
+              std::int64_t len, std::int64_t c0, std::int64_t n, std::int64_t dim, float* dst) {
+  std::int64_t c = 0;
+  if (j < len) {
+    const float* row = &src.at(b, h, j, c0);
+    const std::int64_t real = std::min(n, dim - c0);
+    if (src.s3 == 1) {
+      for (; c < real; ++c) dst[c] = row[c];
+    } else {
+      for (; c < real; ++c) dst[c] = row[c * src.s3];
+    }
+  }
+  for (; c < n; ++c) dst[c] = 0.0f;
+}
+
 // dst[panel][d][n] = src(key panel·NR + n, d): the transposed-panel layout (Kᵀ, Vᵀ).
 void pack_transposed_panels(const View4<const float>& src, std::int64_t b, std::int64_t h,
                             std::int64_t len, std::int64_t len_pad, std::int64_t dim,
                             std::int64_t nr, float* dst) {
+  std::vector<float> row(static_cast<std::size_t>(dim));
   for (std::int64_t j0 = 0; j0 < len_pad; j0 += nr) {
     float* panel = dst + j0 * dim;
     for (std::int64_t n = 0; n < nr; ++n) {
-      const std::int64_t j = j0 + n;
-      for (std::int64_t d = 0; d < dim; ++d) panel[d * nr + n] = j < len ? src.at(b, h, j, d) : 0.0f;
+      copy_row(src, b, h, j0 + n, len, 0, dim, dim, row.data());
+      for (std::int64_t d = 0; d < dim; ++d) panel[d * nr + n] = row[static_cast<std::size_t>(d)];
     }
   }
 }
@@ -138,17 +158,14 @@ void pack_column_panels(const View4<const float>& src, std::int64_t b, std::int6
                         std::int64_t dim_pad, std::int64_t nr, float* dst) {
   for (std::int64_t c0 = 0; c0 < dim_pad; c0 += nr) {
     float* panel = dst + c0 / nr * len_pad * nr;
-    for (std::int64_t j = 0; j < len_pad; ++j)
-      for (std::int64_t c = 0; c < nr; ++c)
-        panel[j * nr + c] = (j < len && c0 + c < dim) ? src.at(b, h, j, c0 + c) : 0.0f;
+    for (std::int64_t j = 0; j < len_pad; ++j) copy_row(src, b, h, j, len, c0, nr, dim, panel + j * nr);
   }
 }
 
 // dst[j][d] = src(j, d), rows past len zero.
 void pack_rows(const View4<const float>& src, std::int64_t b, std::int64_t h, std::int64_t len,
                std::int64_t len_pad, std::int64_t dim, float* dst) {
-  for (std::int64_t j = 0; j < len_pad; ++j)
-    for (std::int64_t d = 0; d < dim; ++d) dst[j * dim + d] = j < len ? src.at(b, h, j, d) : 0.0f;
+  for (std::int64_t j = 0; j < len_pad; ++j) copy_row(src, b, h, j, len, 0, dim, dim, dst + j * dim);
 }
 
 void pack_group_keys_values(const BackwardProblem& bp, const BackwardPlan& plan, std::int64_t g,
