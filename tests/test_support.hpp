@@ -1,0 +1,492 @@
+// Shared helpers of the forward tests:
+//   - Rng: seeded, reproducible random numbers;
+//   - Layout / Strided<T>: tensors that own their memory in any layout the API accepts (permuted
+//     dimensions, padded strides, negative strides, zero-stride broadcast);
+//   - accuracy_rule(): DESIGN.md's tolerance, max|fast − ref64| ≤ 2·max|naive32 − ref64| + 1e-6,
+//     with −inf and NaN required to sit exactly where the fp64 reference has them;
+//   - supported_isas(): every instruction set this CPU can run, so each test covers all of them.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <initializer_list>
+#include <limits>
+#include <optional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/problem.hpp"
+#include "core/reference.hpp"
+#include "sdpa/sdpa.hpp"
+
+namespace sdpa::test {
+
+inline constexpr float kInf = std::numeric_limits<float>::infinity();
+inline constexpr double kNegInf64 = -std::numeric_limits<double>::infinity();
+
+// ---- instruction sets ------------------------------------------------------------------------
+
+/// scalar always; avx2 when the best ISA is avx2 or avx512; avx512 when it is avx512.
+inline std::vector<Isa> supported_isas() {
+  std::vector<Isa> isas{Isa::scalar};
+  const Isa best = best_isa();
+  if (best == Isa::avx2 || best == Isa::avx512) isas.push_back(Isa::avx2);
+  if (best == Isa::avx512) isas.push_back(Isa::avx512);
+  return isas;
+}
+
+// ---- random numbers --------------------------------------------------------------------------
+
+class Rng {
+ public:
+  explicit Rng(std::uint64_t seed) : engine_(seed) {}
+  /// Uniform in [lo, hi], both included.
+  std::int64_t integer(std::int64_t lo, std::int64_t hi) {
+    return std::uniform_int_distribution<std::int64_t>(lo, hi)(engine_);
+  }
+  double uniform(double lo, double hi) {
+    return std::uniform_real_distribution<double>(lo, hi)(engine_);
+  }
+  float normal(float sigma = 1.0f) { return std::normal_distribution<float>(0.0f, sigma)(engine_); }
+  bool chance(double p) { return uniform(0.0, 1.0) < p; }
+  template <typename T>
+  T pick(std::initializer_list<T> choices) {
+    const auto n = static_cast<std::int64_t>(choices.size());
+    return *(choices.begin() + integer(0, n - 1));
+  }
+
+ private:
+  std::mt19937_64 engine_;
+};
+
+// ---- layouts and strided tensors ---------------------------------------------------------------
+
+using Index = std::array<std::int64_t, 4>;
+
+/// How a tensor's elements sit in memory, independent of its shape.
+struct Layout {
+  std::array<int, 4> order{0, 1, 2, 3};   // dimensions from outermost to innermost in memory
+  std::array<std::int64_t, 4> padding{};  // extra elements added to the stride of the next-outer dim
+  std::array<bool, 4> reversed{};         // negative stride: the view walks memory backwards
+  std::array<bool, 4> broadcast{};        // stride 0: every index reads the same memory (inputs only)
+  std::string name = "contiguous";
+};
+
+inline Layout contiguous_layout() { return Layout{}; }
+
+/// [B, L, H, D] memory seen as a [B, H, L, D] view (the layout of most model code).
+inline Layout blhd_layout() {
+  Layout layout;
+  layout.order = {0, 2, 1, 3};
+  layout.name = "BLHD";
+  return layout;
+}
+
+/// Column-major (Fortran order): the first dimension moves fastest.
+inline Layout fortran_layout(int rank) {
+  Layout layout;
+  for (int d = 0; d < rank; ++d) layout.order[static_cast<std::size_t>(d)] = rank - 1 - d;
+  layout.name = "fortran";
+  return layout;
+}
+
+/// A random layout for a tensor of `rank` dimensions: one of contiguous / BLHD / Fortran / any
+/// permutation, then at random padded strides, reversed (negative-stride) dimensions and, when
+/// `allow_broadcast`, zero-stride dimensions.
+inline Layout random_layout(Rng& rng, int rank, bool allow_broadcast) {
+  Layout layout;
+  const std::int64_t kind = rng.integer(0, 3);
+  if (kind == 1 && rank == 4) layout = blhd_layout();
+  if (kind == 2) layout = fortran_layout(rank);
+  if (kind == 3) {
+    std::shuffle(layout.order.begin(), layout.order.begin() + rank,
+                 std::mt19937_64(static_cast<std::uint64_t>(rng.integer(0, 1 << 30))));
+    layout.name = "perm";
+  }
+  std::ostringstream name;
+  name << layout.name;
+  if (kind == 3) {
+    name << "(";
+    for (int d = 0; d < rank; ++d) name << layout.order[static_cast<std::size_t>(d)];
+    name << ")";
+  }
+  if (rng.chance(0.3)) {
+    name << "+pad";
+    for (int d = 0; d < rank; ++d)
+      layout.padding[static_cast<std::size_t>(d)] = rng.chance(0.5) ? rng.integer(1, 5) : 0;
+  }
+  if (rng.chance(0.25)) {
+    name << "+neg";
+    for (int d = 0; d < rank; ++d) layout.reversed[static_cast<std::size_t>(d)] = rng.chance(0.5);
+  }
+  if (allow_broadcast && rng.chance(0.15)) {
+    name << "+bcast";
+    for (int d = 0; d < rank; ++d) layout.broadcast[static_cast<std::size_t>(d)] = rng.chance(0.3);
+  }
+  layout.name = name.str();
+  return layout;
+}
+
+/// Calls fn(index) for every index of `shape` (first `rank` entries) in row-major order.
+inline void for_each_index(int rank, const Index& shape,
+                           const std::function<void(const Index&)>& fn) {
+  for (int d = 0; d < rank; ++d)
+    if (shape[static_cast<std::size_t>(d)] == 0) return;
+  Index index{};
+  while (true) {
+    fn(index);
+    int d = rank - 1;
+    for (; d >= 0; --d) {
+      auto& i = index[static_cast<std::size_t>(d)];
+      if (++i < shape[static_cast<std::size_t>(d)]) break;
+      i = 0;
+    }
+    if (d < 0) return;
+  }
+}
+
+/// A tensor view together with the memory it points into. `storage` holds every element the view
+/// can reach plus padding; the view's origin may sit inside it (negative strides). Movable (the
+/// vector keeps its buffer), not copyable (a copy would point into the original's memory).
+template <typename T>
+struct Strided {
+  Tensor tensor;
+  std::vector<T> storage;
+  std::int64_t origin = 0;  // storage index of element (0, 0, 0, 0)
+  std::string layout_name;
+
+  Strided(DType dtype, std::vector<std::int64_t> shape, const Layout& layout = {}) {
+    const int rank = static_cast<int>(shape.size());
+    tensor.dtype = dtype;
+    tensor.rank = rank;
+    for (int d = 0; d < rank; ++d) tensor.shape[static_cast<std::size_t>(d)] = shape[static_cast<std::size_t>(d)];
+    layout_name = layout.name;
+    // Strides from the innermost memory dimension outwards.
+    std::int64_t running = 1;
+    for (int m = rank - 1; m >= 0; --m) {
+      const auto d = static_cast<std::size_t>(layout.order[static_cast<std::size_t>(m)]);
+      if (layout.broadcast[d]) {
+        tensor.stride[d] = 0;
+        continue;
+      }
+      tensor.stride[d] = running;
+      running = running * std::max<std::int64_t>(tensor.shape[d], 1) + layout.padding[d];
+    }
+    std::int64_t span = 1;
+    for (int d = 0; d < rank; ++d) {
+      const auto du = static_cast<std::size_t>(d);
+      const std::int64_t extent = std::max<std::int64_t>(tensor.shape[du] - 1, 0);
+      span += extent * tensor.stride[du];
+      if (layout.reversed[du] && tensor.stride[du] != 0) {
+        origin += extent * tensor.stride[du];
+        tensor.stride[du] = -tensor.stride[du];
+      }
+    }
+    storage.assign(static_cast<std::size_t>(span), T{});
+    tensor.data = storage.data() + origin;
+  }
+  Strided(Strided&&) noexcept = default;
+  Strided& operator=(Strided&&) noexcept = default;
+  Strided(const Strided&) = delete;
+  Strided& operator=(const Strided&) = delete;
+
+  int rank() const { return tensor.rank; }
+  Index shape() const { return tensor.shape; }
+  std::int64_t offset(const Index& index) const {
+    std::int64_t at = origin;
+    for (int d = 0; d < tensor.rank; ++d)
+      at += index[static_cast<std::size_t>(d)] * tensor.stride[static_cast<std::size_t>(d)];
+    return at;
+  }
+  T& at(const Index& index) { return storage[static_cast<std::size_t>(offset(index))]; }
+  const T& at(const Index& index) const { return storage[static_cast<std::size_t>(offset(index))]; }
+
+  /// Writes fn(index) to every element of the view (aliased elements: the last write wins).
+  void fill(const std::function<T(const Index&)>& fn) {
+    for_each_index(rank(), shape(), [&](const Index& index) { at(index) = fn(index); });
+  }
+  /// The view's elements in row-major order.
+  std::vector<T> dense() const {
+    std::vector<T> values;
+    values.reserve(static_cast<std::size_t>(tensor.numel()));
+    for_each_index(rank(), shape(), [&](const Index& index) { values.push_back(at(index)); });
+    return values;
+  }
+  /// Which storage elements the view reaches.
+  std::vector<bool> covered() const {
+    std::vector<bool> reached(storage.size(), false);
+    for_each_index(rank(), shape(),
+                   [&](const Index& index) { reached[static_cast<std::size_t>(offset(index))] = true; });
+    return reached;
+  }
+};
+
+/// A float tensor of `shape` and `layout` filled with N(0, sigma) values (padding included).
+inline Strided<float> random_floats(Rng& rng, std::vector<std::int64_t> shape, const Layout& layout,
+                                    float sigma = 1.0f) {
+  Strided<float> t(DType::f32, std::move(shape), layout);
+  for (float& x : t.storage) x = rng.normal(sigma);
+  return t;
+}
+
+/// A contiguous float tensor with the given values.
+inline Strided<float> floats(std::vector<std::int64_t> shape, const std::vector<float>& values) {
+  Strided<float> t(DType::f32, std::move(shape));
+  EXPECT_EQ(values.size(), t.storage.size());
+  std::copy(values.begin(), values.end(), t.storage.begin());
+  return t;
+}
+
+// ---- outputs -----------------------------------------------------------------------------------
+
+/// A quiet NaN with a recognizable payload: outputs are filled with it before a call, so an element
+/// the call should have written but did not shows up as NaN, and one it should not have written
+/// (padding between rows) must still hold these exact bits afterwards.
+inline float sentinel() {
+  const std::uint32_t bits = 0x7fc0dead;
+  float value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+}
+inline bool is_sentinel(float x) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  return bits == 0x7fc0dead;
+}
+inline bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+struct OutputLayouts {
+  Layout out, lse, weights;
+  bool want_lse = true, want_weights = true;
+};
+
+/// Output tensors of one call, filled with sentinel().
+struct OutputBuffers {
+  Strided<float> out;
+  std::optional<Strided<float>> lse, weights;
+
+  OutputBuffers(std::int64_t batch, std::int64_t heads_q, std::int64_t len_q, std::int64_t len_k,
+                std::int64_t dim_v, const OutputLayouts& layouts = {})
+      : out(DType::f32, {batch, heads_q, len_q, dim_v}, layouts.out) {
+    if (layouts.want_lse) lse.emplace(DType::f32, std::vector<std::int64_t>{batch, heads_q, len_q}, layouts.lse);
+    if (layouts.want_weights)
+      weights.emplace(DType::f32, std::vector<std::int64_t>{batch, heads_q, len_q, len_k}, layouts.weights);
+    reset();
+  }
+  void reset() {
+    std::fill(out.storage.begin(), out.storage.end(), sentinel());
+    if (lse) std::fill(lse->storage.begin(), lse->storage.end(), sentinel());
+    if (weights) std::fill(weights->storage.begin(), weights->storage.end(), sentinel());
+  }
+  Outputs outputs() {
+    Outputs o;
+    o.out = out.tensor;
+    if (lse) o.lse = lse->tensor;
+    if (weights) o.weights = weights->tensor;
+    return o;
+  }
+};
+
+/// Fails unless every storage element outside the view still holds the sentinel.
+inline ::testing::AssertionResult padding_untouched(const char* name, const Strided<float>& t) {
+  const std::vector<bool> reached = t.covered();
+  for (std::size_t n = 0; n < t.storage.size(); ++n)
+    if (!reached[n] && !is_sentinel(t.storage[n]))
+      return ::testing::AssertionFailure()
+             << name << ": storage element " << n << " outside the view was overwritten with "
+             << t.storage[n] << " (layout " << t.layout_name << ")";
+  return ::testing::AssertionSuccess();
+}
+
+/// Fails unless a and b are bitwise identical.
+inline ::testing::AssertionResult bitwise_equal(const std::vector<float>& a,
+                                                const std::vector<float>& b) {
+  if (a.size() != b.size())
+    return ::testing::AssertionFailure() << "sizes differ: " << a.size() << " vs " << b.size();
+  for (std::size_t n = 0; n < a.size(); ++n)
+    if (!same_bits(a[n], b[n]))
+      return ::testing::AssertionFailure() << "element " << n << " differs: " << a[n] << " vs "
+                                           << b[n] << " (" << a[n] - b[n] << ")";
+  return ::testing::AssertionSuccess();
+}
+
+// ---- the accuracy rule -------------------------------------------------------------------------
+
+/// Where an element's value is special: −inf and NaN must match the reference exactly.
+inline bool special(double x) { return std::isnan(x) || std::isinf(x); }
+inline bool same_special(double a, double b) {
+  if (std::isnan(a) || std::isnan(b)) return std::isnan(a) && std::isnan(b);
+  return a == b;  // both the same infinity
+}
+
+/// DESIGN.md's rule for one output: max|fast − ref64| ≤ 2·max|naive32 − ref64| + 1e-6 over the
+/// elements where the reference is finite; where the reference is −inf / +inf / NaN the fast result
+/// must be exactly the same special value (and vice versa). Elements where naive32 itself
+/// overflowed (special while the reference is finite) do not count towards its error.
+inline ::testing::AssertionResult accuracy_rule(const std::string& name,
+                                                const std::vector<float>& fast,
+                                                const std::vector<float>& naive32,
+                                                const std::vector<double>& ref64) {
+  if (fast.size() != ref64.size() || naive32.size() != ref64.size())
+    return ::testing::AssertionFailure() << name << ": sizes differ: fast " << fast.size()
+                                         << ", naive32 " << naive32.size() << ", ref64 "
+                                         << ref64.size();
+  double fast_error = 0, naive_error = 0;
+  std::size_t worst = 0;
+  for (std::size_t n = 0; n < ref64.size(); ++n) {
+    const double ref = ref64[n], got = fast[n];
+    if (special(ref) || special(got)) {
+      if (!same_special(ref, got))
+        return ::testing::AssertionFailure()
+               << name << "[" << n << "] = " << fast[n] << " but the fp64 reference is " << ref
+               << " (special values must match exactly)";
+      continue;
+    }
+    if (std::abs(got - ref) > fast_error) {
+      fast_error = std::abs(got - ref);
+      worst = n;
+    }
+    if (!special(naive32[n])) naive_error = std::max(naive_error, std::abs(naive32[n] - ref));
+  }
+  const double tolerance = 2 * naive_error + 1e-6;
+  if (fast_error <= tolerance) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure()
+         << name << ": max|fast - ref64| = " << fast_error << " at flat index " << worst
+         << " (fast " << fast[worst] << ", ref64 " << ref64[worst] << ", naive32 " << naive32[worst]
+         << ") exceeds 2*max|naive32 - ref64| + 1e-6 = " << tolerance;
+}
+
+/// The fp64 reference and the naive fp32 baseline of one problem.
+struct References {
+  reference::Result<double> ref64;
+  reference::Result<float> naive32;
+  explicit References(const Problem& problem)
+      : ref64(reference::forward<double>(problem)), naive32(reference::forward<float>(problem)) {}
+};
+
+/// Checks every output of a forward call against the references: the accuracy rule on out, lse and
+/// weights; rows the reference finds fully masked are exactly out = 0, lse = −inf, weights = 0;
+/// weights rows sum to 1 (0 when fully masked); nothing outside the output views was written.
+inline ::testing::AssertionResult check_outputs(const References& refs, OutputBuffers& buffers,
+                                                std::int64_t len_k, std::int64_t dim_v) {
+  const std::vector<float> out = buffers.out.dense();
+  if (auto r = accuracy_rule("out", out, refs.naive32.out, refs.ref64.out); !r) return r;
+  if (auto r = padding_untouched("out", buffers.out); !r) return r;
+  const std::size_t rows = refs.ref64.lse.size();
+  const auto Dv = static_cast<std::size_t>(dim_v), Lk = static_cast<std::size_t>(len_k);
+  for (std::size_t row = 0; row < rows; ++row) {
+    if (refs.ref64.lse[row] != kNegInf64) continue;
+    for (std::size_t d = 0; d < Dv; ++d)
+      if (out[row * Dv + d] != 0.0f)
+        return ::testing::AssertionFailure() << "out row " << row << " is fully masked but out["
+                                             << d << "] = " << out[row * Dv + d] << ", not 0";
+  }
+  if (buffers.lse) {
+    const std::vector<float> lse = buffers.lse->dense();
+    if (auto r = accuracy_rule("lse", lse, refs.naive32.lse, refs.ref64.lse); !r) return r;
+    if (auto r = padding_untouched("lse", *buffers.lse); !r) return r;
+  }
+  if (buffers.weights) {
+    const std::vector<float> weights = buffers.weights->dense();
+    if (auto r = accuracy_rule("weights", weights, refs.naive32.weights, refs.ref64.weights); !r)
+      return r;
+    if (auto r = padding_untouched("weights", *buffers.weights); !r) return r;
+    for (std::size_t row = 0; row < rows; ++row) {
+      // |Σ fast − 1| ≤ Σ |fast − ref64|: allow twice naive32's L1 error on the row, plus rounding.
+      if (std::isnan(refs.ref64.lse[row])) continue;  // a NaN input's row: checked above
+      const bool masked = refs.ref64.lse[row] == kNegInf64;
+      double sum = 0, naive_l1_error = 0;
+      for (std::size_t j = 0; j < Lk; ++j) {
+        const float w = weights[row * Lk + j];
+        if (masked && w != 0.0f)
+          return ::testing::AssertionFailure() << "weights row " << row << " is fully masked but "
+                                               << "weights[" << j << "] = " << w << ", not 0";
+        sum += w;
+        naive_l1_error += std::abs(refs.naive32.weights[row * Lk + j] - refs.ref64.weights[row * Lk + j]);
+      }
+      const double tolerance = 2 * naive_l1_error + 1e-5 + 2e-7 * static_cast<double>(Lk);
+      if (!masked && !(std::abs(sum - 1.0) <= tolerance))
+        return ::testing::AssertionFailure() << "weights row " << row << " sums to " << sum
+                                             << ", expected 1 within " << tolerance;
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// ---- one attention call with inputs that own their memory ----------------------------------------
+
+/// Everything a forward call reads. `options()` returns the options with the mask, bias and lengths
+/// views of this object filled in, so the object may be moved.
+struct Inputs {
+  Strided<float> q, k, v;
+  std::optional<Strided<std::uint8_t>> mask;
+  std::optional<Strided<float>> bias;
+  std::vector<std::int32_t> key_lengths, query_lengths;
+  Options base;  // scale, causal, window, threads, isa (mask/bias/lengths are taken from above)
+
+  Options options() const {
+    Options o = base;
+    if (mask) o.mask = mask->tensor;
+    if (bias) o.bias = bias->tensor;
+    o.key_lengths = key_lengths;
+    o.query_lengths = query_lengths;
+    return o;
+  }
+  std::int64_t batch() const { return q.tensor.shape[0]; }
+  std::int64_t heads_q() const { return q.tensor.shape[1]; }
+  std::int64_t len_q() const { return q.tensor.shape[2]; }
+  std::int64_t len_k() const { return k.tensor.shape[2]; }
+  std::int64_t dim_v() const { return v.tensor.shape[3]; }
+
+  OutputBuffers make_outputs(const OutputLayouts& layouts = {}) const {
+    return OutputBuffers(batch(), heads_q(), len_q(), len_k(), dim_v(), layouts);
+  }
+  /// Runs sdpa::forward with `isa` and `threads` into `buffers` (reset to the sentinel first).
+  RunInfo run(OutputBuffers& buffers, Isa isa, int threads) const {
+    buffers.reset();
+    Options o = options();
+    o.isa = isa;
+    o.threads = threads;
+    return forward(q.tensor, k.tensor, v.tensor, o, buffers.outputs());
+  }
+  /// The validated problem (outputs from `buffers`) and its references.
+  References references(OutputBuffers& buffers) const {
+    return References(validate_forward(q.tensor, k.tensor, v.tensor, options(), buffers.outputs()));
+  }
+};
+
+/// Contiguous random q [B, Hq, Lq, Dk], k [B, Hkv, Lk, Dk], v [B, Hkv, Lk, Dv].
+inline Inputs random_inputs(Rng& rng, std::int64_t batch, std::int64_t heads_q,
+                            std::int64_t heads_kv, std::int64_t len_q, std::int64_t len_k,
+                            std::int64_t dim_k, std::int64_t dim_v) {
+  return Inputs{random_floats(rng, {batch, heads_q, len_q, dim_k}, {}),
+                random_floats(rng, {batch, heads_kv, len_k, dim_k}, {}),
+                random_floats(rng, {batch, heads_kv, len_k, dim_v}, {}),
+                std::nullopt, std::nullopt, {}, {}, {}};
+}
+
+/// Runs `inputs` on every supported ISA (threads as given) and checks all outputs against the
+/// references; `what` describes the case in failure messages.
+inline ::testing::AssertionResult matches_reference_on_every_isa(const Inputs& inputs,
+                                                                 const std::string& what,
+                                                                 int threads = 2) {
+  OutputBuffers buffers = inputs.make_outputs();
+  const References refs = inputs.references(buffers);
+  for (Isa isa : supported_isas()) {
+    inputs.run(buffers, isa, threads);
+    if (auto r = check_outputs(refs, buffers, inputs.len_k(), inputs.dim_v()); !r)
+      return r << "\n  case: " << what << ", isa " << isa_name(isa) << ", threads " << threads;
+  }
+  return ::testing::AssertionSuccess();
+}
+
+}  // namespace sdpa::test
