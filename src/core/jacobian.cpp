@@ -1,6 +1,6 @@
-// The softmax Jacobian: for p = softmax(x),  ∂p_i/∂x_j = p_i (δ_ij − p_j),  i.e. J = diag(p) − p·pᵀ.
-// J is symmetric, each row sums to 0 (softmax is invariant to adding a constant to every logit),
-// and J·g = p ∘ (g − p·g) costs O(n) without forming J.
+// The softmax Jacobian: for p = softmax(x),  ∂p_i/∂x_j = p_i (δ_ij − p_j),  i.e. J = diag(p) −
+// p·pᵀ. J is symmetric, each row sums to 0 (softmax is invariant to adding a constant to every
+// logit), and J·g = p ∘ (g − p·g) costs O(n) without forming J.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -38,7 +38,8 @@ std::vector<double> softmax(std::span<const double> logits) {
   return p;
 }
 
-void check_size(std::size_t size, const char* name, std::size_t expected, const char* expected_from) {
+void check_size(std::size_t size, const char* name, std::size_t expected,
+                const char* expected_from) {
   if (size != expected)
     fail(name, ".size() = ", size, " does not match ", expected_from, " = ", expected);
 }
@@ -50,8 +51,7 @@ void softmax_jacobian(std::span<const double> logits, std::span<double> jacobian
   check_size(jacobian.size(), "jacobian", n * n, "logits.size()²");
   const std::vector<double> p = softmax(logits);
   for (std::size_t i = 0; i < n; ++i)
-    for (std::size_t j = 0; j < n; ++j)
-      jacobian[i * n + j] = (i == j ? p[i] : 0.0) - p[i] * p[j];
+    for (std::size_t j = 0; j < n; ++j) jacobian[i * n + j] = (i == j ? p[i] : 0.0) - p[i] * p[j];
 }
 
 void softmax_jacobian_vector_product(std::span<const double> logits, std::span<const double> g,

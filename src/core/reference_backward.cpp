@@ -50,7 +50,8 @@ bool row_softmax(const Problem& p, std::int64_t b, std::int64_t h, std::int64_t 
   if (max_logit == neg_inf) return false;
   T sum = 0;
   for (std::int64_t j = 0; j < p.len_k; ++j) sum += std::exp(logits[at(j)] - max_logit);
-  for (std::int64_t j = 0; j < p.len_k; ++j) probs[at(j)] = std::exp(logits[at(j)] - max_logit) / sum;
+  for (std::int64_t j = 0; j < p.len_k; ++j)
+    probs[at(j)] = std::exp(logits[at(j)] - max_logit) / sum;
   return true;
 }
 
