@@ -9,7 +9,7 @@
 namespace sdpa::kernels::SDPA_KERNEL_NS {
 namespace {
 
-constexpr int kBackwardKeys = 96;  // a multiple of every ISA's panel width and microkernel rows
+constexpr int kBackwardKeys = 192;  // a multiple of every ISA's panel width and microkernel rows
 static_assert(kBackwardKeys % kPanel == 0 && kBackwardKeys % kMicroRows == 0,
               "backward key tiles must be whole panels and whole microkernel row groups");
 
