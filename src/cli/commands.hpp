@@ -11,6 +11,7 @@
 namespace sdpa::cli {
 
 void add_run_command(CLI::App& app);    // sdpa run    (src/cli/cmd_run.cpp)
+void add_grad_command(CLI::App& app);   // sdpa grad   (src/cli/cmd_grad.cpp)
 void add_demo_command(CLI::App& app);   // sdpa demo   (src/cli/cmd_demo.cpp); also `sdpa` alone
 void add_bench_command(CLI::App& app);  // sdpa bench  (src/cli/cmd_bench.cpp)
 

@@ -30,6 +30,7 @@ void register_commands(CLI::App& app) {
   app.require_subcommand(0, 1);
   app.footer("With no subcommand, sdpa runs the demo on its defaults (sdpa demo --help).");
   sdpa::cli::add_run_command(app);
+  sdpa::cli::add_grad_command(app);
   sdpa::cli::add_demo_command(app);
 #ifdef SDPA_CLI_HAVE_BENCH
   sdpa::cli::add_bench_command(app);

@@ -1,0 +1,306 @@
+// sdpa grad: gradients of attention on .npy files.
+//
+//   sdpa grad --q q.npy --k k.npy --v v.npy --dout dout.npy --dq dq.npy --dk dk.npy --dv dv.npy
+//             [--out o.npy --lse lse.npy] [--dbias db.npy] [options of sdpa run] [--json]
+//
+// Flow: parse the flag values → read every input (converted to f32) → validate shapes → the
+// forward, unless its out and lse are given → backward (dq, dk, dv, [dbias], d(scale)) → write the
+// gradients, all or none → print a summary with d(scale). Same options and error rules as `sdpa
+// run` (exit 2 for bad arguments or shapes, 1 for file problems; a failed call leaves no output
+// file).
+#include <iomanip>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cli/commands.hpp"
+#include "cli/common.hpp"
+#include "cli/grad_common.hpp"
+#include "core/errors.hpp"
+#include "core/problem.hpp"
+#include "io/npy.hpp"
+
+namespace sdpa::cli {
+namespace {
+
+using namespace grad_io;
+
+// ---- command-line values ----------------------------------------------------------------------
+
+struct GradArgs {
+  std::string q, k, v, dout;                           // required inputs
+  std::string out, lse;                                // the forward's outputs: both or neither
+  std::string mask, bias, key_lengths, query_lengths;  // optional inputs ("" = not given)
+  std::string dq, dk, dv, dbias;                       // outputs (dbias optional)
+  std::string causal = "none";
+  std::string window;  // "L,R"
+  std::string isa = "auto";
+  double scale = 0;
+  CLI::Option* scale_option = nullptr;  // scale was given iff this option's count() > 0
+  int threads = 0;
+  bool json = false;
+  bool u2_as_bf16 = false;
+};
+
+// Everything in Options that does not need the input arrays.
+Options scalar_options(const GradArgs& args) {
+  Options options;
+  options.causal = parse_causal(args.causal);
+  options.isa = parse_isa(args.isa);
+  options.threads = args.threads;
+  if (!args.window.empty()) options.window = parse_window(args.window);
+  if (args.scale_option->count() > 0) options.scale = static_cast<float>(args.scale);
+  return options;
+}
+
+void check_paths(const GradArgs& args) {
+  if (args.out.empty() != args.lse.empty())
+    fail(args.out.empty() ? "--lse" : "--out",
+         " given alone: --out and --lse are the forward's outputs for these inputs; give both, or "
+         "neither and sdpa grad runs the forward");
+  if (!args.dbias.empty() && args.bias.empty())
+    fail("--dbias ", args.dbias, ": given without --bias (there is no bias to differentiate)");
+  check_distinct_outputs(
+      {{"--dq", &args.dq}, {"--dk", &args.dk}, {"--dv", &args.dv}, {"--dbias", &args.dbias}});
+}
+
+// The library's argument names in command-line terms (see with_flag_context).
+template <typename Call>
+auto in_flag_terms(const GradArgs& a, Call&& call) {
+  return with_flag_context({{"options.key_lengths", "--key-lengths", &a.key_lengths},
+                            {"options.query_lengths", "--query-lengths", &a.query_lengths},
+                            {"options.mask", "--mask", &a.mask},
+                            {"options.bias", "--bias", &a.bias},
+                            {"options.scale", "--scale", nullptr},
+                            {"options.window", "--window", nullptr},
+                            {"options.threads", "--threads", nullptr},
+                            {"grads.dbias", "--dbias", &a.dbias},
+                            {"q.", "--q", &a.q},
+                            {"k.", "--k", &a.k},
+                            {"v.", "--v", &a.v},
+                            {"dout.", "--dout", &a.dout},
+                            {"out.", "--out", &a.out},
+                            {"lse.", "--lse", &a.lse}},
+                           std::forward<Call>(call));
+}
+
+// ---- inputs -----------------------------------------------------------------------------------
+
+// The arrays the tensors view: they must outlive the calls.
+struct Inputs {
+  npy::Array q, k, v, dout;              // f32
+  std::optional<npy::Array> out, lse;    // f32, when given
+  std::optional<npy::Array> mask, bias;  // bool, f32
+  std::vector<std::int32_t> key_lengths, query_lengths;
+};
+
+Inputs read_inputs(const GradArgs& args) {
+  npy::ReadOptions read_options;
+  read_options.u2_as_bf16 = args.u2_as_bf16;
+  Inputs in;
+  in.q = read_f32(args.q, "--q", read_options);
+  in.k = read_f32(args.k, "--k", read_options);
+  in.v = read_f32(args.v, "--v", read_options);
+  in.dout = read_f32(args.dout, "--dout", read_options);
+  if (!args.out.empty()) in.out = read_f32(args.out, "--out", read_options);
+  if (!args.lse.empty()) in.lse = read_f32(args.lse, "--lse", read_options);
+  if (!args.mask.empty()) in.mask = read_mask(args.mask);
+  if (!args.bias.empty()) in.bias = read_f32(args.bias, "--bias", read_options);
+  if (!args.key_lengths.empty()) in.key_lengths = read_lengths(args.key_lengths, "--key-lengths");
+  if (!args.query_lengths.empty())
+    in.query_lengths = read_lengths(args.query_lengths, "--query-lengths");
+  return in;
+}
+
+void attach_inputs(Inputs& in, Options& options) {
+  if (in.mask) options.mask = in.mask->tensor();
+  if (in.bias) options.bias = in.bias->tensor();
+  options.key_lengths = in.key_lengths;
+  options.query_lengths = in.query_lengths;
+}
+
+// ---- the computation --------------------------------------------------------------------------
+
+struct Results {
+  npy::Array dq, dk, dv;            // f32, shapes of q, k, v
+  std::optional<npy::Array> dbias;  // f32, shape of the bias
+  float dscale = 0;
+  RunInfo info;                      // of the backward
+  std::optional<double> forward_ms;  // when the forward ran here
+  double backward_ms = 0;
+};
+
+Results allocate_results(const Problem& p, const Inputs& in, const GradArgs& args) {
+  Results r;
+  r.dq = zeros_f32({p.batch, p.heads_q, p.len_q, p.dim_k});
+  r.dk = zeros_f32({p.batch, p.heads_kv, p.len_k, p.dim_k});
+  r.dv = zeros_f32({p.batch, p.heads_kv, p.len_k, p.dim_v});
+  if (!args.dbias.empty() && in.bias) r.dbias = zeros_f32(in.bias->shape);
+  return r;
+}
+
+Grads grad_views(Results& r) {
+  Grads grads;
+  grads.dq = r.dq.tensor();
+  grads.dk = r.dk.tensor();
+  grads.dv = r.dv.tensor();
+  if (r.dbias) grads.dbias = r.dbias->tensor();
+  grads.dscale = &r.dscale;
+  return grads;
+}
+
+// Validates the whole backward call (the forward's out and lse allocated here when not given), then
+// runs the forward if needed and the backward. Nothing runs before every argument is checked.
+Results compute(Inputs& in, const Problem& p, const Options& options, const GradArgs& args) {
+  const bool run_forward = !in.out;
+  if (run_forward) {
+    in.out = zeros_f32({p.batch, p.heads_q, p.len_q, p.dim_v});
+    in.lse = zeros_f32({p.batch, p.heads_q, p.len_q});
+  }
+  Results r = allocate_results(p, in, args);
+  const Grads grads = grad_views(r);
+  const Tensor q = in.q.tensor(), k = in.k.tensor(), v = in.v.tensor();
+  const Tensor out = in.out->tensor(), lse = in.lse->tensor(), dout = in.dout.tensor();
+  validate_backward(q, k, v, out, dout, lse, options, grads);
+  if (run_forward) {
+    Outputs outputs;
+    outputs.out = out;
+    outputs.lse = lse;
+    r.forward_ms = time_ms([&] { forward(q, k, v, options, outputs); });
+  }
+  r.backward_ms = time_ms([&] { r.info = backward(q, k, v, out, dout, lse, options, grads); });
+  return r;
+}
+
+void write_results(const Results& r, const GradArgs& args) {
+  std::vector<std::pair<std::string, const npy::Array*>> outputs{
+      {args.dq, &r.dq}, {args.dk, &r.dk}, {args.dv, &r.dv}};
+  if (r.dbias) outputs.emplace_back(args.dbias, &*r.dbias);
+  write_all_or_nothing(outputs);
+}
+
+// ---- the summary ------------------------------------------------------------------------------
+
+nlohmann::ordered_json summary_json(const Problem& p, const GradArgs& args, const Results& r) {
+  using json = nlohmann::ordered_json;
+  auto path_or_null = [](const std::string& path) { return path.empty() ? json() : json(path); };
+  json outputs = {{"dq", args.dq}, {"dk", args.dk}, {"dv", args.dv}};
+  if (!args.dbias.empty()) outputs["dbias"] = args.dbias;
+  return json{
+      {"command", "grad"},
+      {"shapes",
+       {{"B", p.batch},
+        {"Hq", p.heads_q},
+        {"Hkv", p.heads_kv},
+        {"Lq", p.len_q},
+        {"Lk", p.len_k},
+        {"Dk", p.dim_k},
+        {"Dv", p.dim_v}}},
+      {"options",
+       {{"causal", causal_name(p.causal)},
+        {"scale", p.scale},
+        {"window", args.window.empty() ? json() : json{p.window_left, p.window_right}},
+        {"mask", path_or_null(args.mask)},
+        {"bias", path_or_null(args.bias)},
+        {"key_lengths", path_or_null(args.key_lengths)},
+        {"query_lengths", path_or_null(args.query_lengths)}}},
+      {"forward", args.out.empty() ? json("computed") : json("given")},
+      {"isa", isa_name(r.info.isa)},
+      {"threads", r.info.threads},
+      {"forward_ms", r.forward_ms ? json(*r.forward_ms) : json()},
+      {"backward_ms", r.backward_ms},
+      {"flops", r.info.flops},
+      {"gflops", gflops_per_second(r.info.flops, r.backward_ms)},
+      {"workspace_bytes", r.info.workspace_bytes},
+      {"dscale", r.dscale},
+      {"outputs", outputs},
+  };
+}
+
+void print_human(const nlohmann::ordered_json& s) {
+  const auto& sh = s["shapes"];
+  const auto& opt = s["options"];
+  std::cout << "sdpa grad\n"
+            << "  shapes   B=" << sh["B"] << " Hq=" << sh["Hq"] << " Hkv=" << sh["Hkv"]
+            << " Lq=" << sh["Lq"] << " Lk=" << sh["Lk"] << " Dk=" << sh["Dk"] << " Dv=" << sh["Dv"]
+            << "\n  options  causal=" << opt["causal"].get<std::string>()
+            << " scale=" << opt["scale"]
+            << " window=" << (opt["window"].is_null() ? "none" : opt["window"].dump());
+  for (const char* input : {"mask", "bias", "key_lengths", "query_lengths"})
+    if (!opt[input].is_null()) std::cout << " " << input << "=" << opt[input].get<std::string>();
+  std::cout << "\n  isa      " << s["isa"].get<std::string>() << ", threads " << s["threads"];
+  if (s["forward_ms"].is_null())
+    std::cout << "\n  forward  given (--out, --lse)";
+  else
+    std::cout << "\n  forward  " << s["forward_ms"].get<double>() << " ms";
+  std::cout << "\n  backward " << s["backward_ms"].get<double>() << " ms, "
+            << s["gflops"].get<double>() << " GFLOP/s (" << s["flops"].get<double>() / 1e9
+            << " GFLOP)"
+            << "\n  d(scale) " << std::setprecision(9) << s["dscale"].get<double>()
+            << std::setprecision(6) << "\n  outputs ";
+  for (const auto& [name, path] : s["outputs"].items())
+    std::cout << " " << name << "=" << path.get<std::string>();
+  std::cout << std::endl;
+}
+
+void run(const GradArgs& args) {
+  Options options = in_flag_terms(args, [&] { return scalar_options(args); });
+  check_paths(args);
+  Inputs in = read_inputs(args);
+  attach_inputs(in, options);
+  const Problem problem = in_flag_terms(
+      args, [&] { return validate_inputs(in.q.tensor(), in.k.tensor(), in.v.tensor(), options); });
+  const Results results = in_flag_terms(args, [&] { return compute(in, problem, options, args); });
+  write_results(results, args);
+  const nlohmann::ordered_json summary = summary_json(problem, args, results);
+  if (args.json)  // paths need not be UTF-8: replace bad bytes rather than throw
+    std::cout << summary.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace)
+              << std::endl;
+  else
+    print_human(summary);
+}
+
+void add_options(CLI::App& cmd, GradArgs& a) {
+  cmd.add_option("--q", a.q, "queries .npy [B, Hq, Lq, Dk] (f32, f64, f16, bf16)")->required();
+  cmd.add_option("--k", a.k, "keys .npy [B, Hkv, Lk, Dk]")->required();
+  cmd.add_option("--v", a.v, "values .npy [B, Hkv, Lk, Dv]")->required();
+  cmd.add_option("--dout", a.dout, "dL/d(out) .npy [B, Hq, Lq, Dv]")->required();
+  cmd.add_option("--out", a.out,
+                 "the forward's out .npy [B, Hq, Lq, Dv] (with --lse; else computed)");
+  cmd.add_option("--lse", a.lse, "the forward's lse .npy [B, Hq, Lq] (with --out; else computed)");
+  cmd.add_option("--dq", a.dq, "output dL/dq .npy, f32 [B, Hq, Lq, Dk]")->required();
+  cmd.add_option("--dk", a.dk, "output dL/dk .npy, f32 [B, Hkv, Lk, Dk]")->required();
+  cmd.add_option("--dv", a.dv, "output dL/dv .npy, f32 [B, Hkv, Lk, Dv]")->required();
+  cmd.add_option("--dbias", a.dbias, "output dL/d(bias) .npy, f32, the shape of --bias");
+  cmd.add_option("--causal", a.causal, "causal alignment")
+      ->check(CLI::IsMember(causal_choices))
+      ->capture_default_str();
+  cmd.add_option("--mask", a.mask, "bool .npy, true = attend; broadcast to [B, Hq, Lq, Lk]");
+  cmd.add_option("--bias", a.bias, "float .npy added to the scaled logits; same broadcast");
+  cmd.add_option("--key-lengths", a.key_lengths, "i32/i64 .npy [B]: keys >= length are padding");
+  cmd.add_option("--query-lengths", a.query_lengths,
+                 "i32/i64 .npy [B]: rows >= length are padding");
+  cmd.add_option("--window", a.window, "sliding window L,R around the diagonal (-1 = unbounded)");
+  a.scale_option = cmd.add_option("--scale", a.scale, "logit scale (default 1/sqrt(Dk))");
+  cmd.add_option("--threads", a.threads, "threads (0 = all)")->capture_default_str();
+  cmd.add_option("--isa", a.isa, "kernel instruction set")
+      ->check(CLI::IsMember(isa_choices))
+      ->capture_default_str();
+  cmd.add_flag("--json", a.json, "print one JSON object instead of the text summary");
+  cmd.add_flag("--u2-as-bf16", a.u2_as_bf16, "read '<u2' arrays as bfloat16 bit patterns");
+}
+
+}  // namespace
+
+void add_grad_command(CLI::App& app) {
+  CLI::App* cmd = app.add_subcommand(
+      "grad", "gradients of attention on .npy files: dq, dk, dv, [dbias], d(scale) from dL/d(out)");
+  auto args = std::make_shared<GradArgs>();  // shared with the callback, which outlives this scope
+  add_options(*cmd, *args);
+  cmd->callback([args] { run(*args); });
+}
+
+}  // namespace sdpa::cli
