@@ -215,7 +215,10 @@ RandomCase random_case(std::uint64_t seed) {
   what << " out/" << o.out.name;
   if (o.want_lse) what << " lse/" << o.lse.name;
   if (o.want_weights) what << " weights/" << o.weights.name;
-  c.threads = static_cast<int>(rng.integer(1, 4));
+  // Mostly one thread: a multi-threaded call on a tiny problem costs milliseconds of OpenMP
+  // barrier waiting when the cores are shared (ctest -j); thread-count independence is proven by
+  // Forward.ResultsAreBitwiseIdenticalForAnyThreadCountAndRun.
+  c.threads = rng.chance(0.2) ? static_cast<int>(rng.integer(2, 4)) : 1;
   what << " threads=" << c.threads;
   c.what = what.str();
   return c;

@@ -332,10 +332,19 @@ inline bool same_special(double a, double b) {
 /// elements where the reference is finite; where the reference is −inf / +inf / NaN the fast result
 /// must be exactly the same special value (and vice versa). Elements where naive32 itself
 /// overflowed (special while the reference is finite) do not count towards its error.
+/// `row_length` (Dv for out, 1 for lse, Lk for weights) turns flat indices into (row, column) in
+/// messages; rows count (b, h, i) in row-major order.
 inline ::testing::AssertionResult accuracy_rule(const std::string& name,
                                                 const std::vector<float>& fast,
                                                 const std::vector<float>& naive32,
-                                                const std::vector<double>& ref64) {
+                                                const std::vector<double>& ref64,
+                                                std::size_t row_length = 1) {
+  row_length = std::max<std::size_t>(row_length, 1);
+  const auto where = [row_length](std::size_t n) {
+    std::ostringstream s;
+    s << "[" << n << "] (row " << n / row_length << ", column " << n % row_length << ")";
+    return s.str();
+  };
   if (fast.size() != ref64.size() || naive32.size() != ref64.size())
     return ::testing::AssertionFailure() << name << ": sizes differ: fast " << fast.size()
                                          << ", naive32 " << naive32.size() << ", ref64 "
@@ -347,7 +356,7 @@ inline ::testing::AssertionResult accuracy_rule(const std::string& name,
     if (special(ref) || special(got)) {
       if (!same_special(ref, got))
         return ::testing::AssertionFailure()
-               << name << "[" << n << "] = " << fast[n] << " but the fp64 reference is " << ref
+               << name << where(n) << " = " << fast[n] << " but the fp64 reference is " << ref
                << " (special values must match exactly)";
       continue;
     }
@@ -360,7 +369,7 @@ inline ::testing::AssertionResult accuracy_rule(const std::string& name,
   const double tolerance = 2 * naive_error + 1e-6;
   if (fast_error <= tolerance) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure()
-         << name << ": max|fast - ref64| = " << fast_error << " at flat index " << worst
+         << name << ": max|fast - ref64| = " << fast_error << " at " << where(worst)
          << " (fast " << fast[worst] << ", ref64 " << ref64[worst] << ", naive32 " << naive32[worst]
          << ") exceeds 2*max|naive32 - ref64| + 1e-6 = " << tolerance;
 }
@@ -378,11 +387,11 @@ struct References {
 /// weights rows sum to 1 (0 when fully masked); nothing outside the output views was written.
 inline ::testing::AssertionResult check_outputs(const References& refs, OutputBuffers& buffers,
                                                 std::int64_t len_k, std::int64_t dim_v) {
-  const std::vector<float> out = buffers.out.dense();
-  if (auto r = accuracy_rule("out", out, refs.naive32.out, refs.ref64.out); !r) return r;
-  if (auto r = padding_untouched("out", buffers.out); !r) return r;
   const std::size_t rows = refs.ref64.lse.size();
   const auto Dv = static_cast<std::size_t>(dim_v), Lk = static_cast<std::size_t>(len_k);
+  const std::vector<float> out = buffers.out.dense();
+  if (auto r = accuracy_rule("out", out, refs.naive32.out, refs.ref64.out, Dv); !r) return r;
+  if (auto r = padding_untouched("out", buffers.out); !r) return r;
   for (std::size_t row = 0; row < rows; ++row) {
     if (refs.ref64.lse[row] != kNegInf64) continue;
     for (std::size_t d = 0; d < Dv; ++d)
@@ -397,7 +406,7 @@ inline ::testing::AssertionResult check_outputs(const References& refs, OutputBu
   }
   if (buffers.weights) {
     const std::vector<float> weights = buffers.weights->dense();
-    if (auto r = accuracy_rule("weights", weights, refs.naive32.weights, refs.ref64.weights); !r)
+    if (auto r = accuracy_rule("weights", weights, refs.naive32.weights, refs.ref64.weights, Lk); !r)
       return r;
     if (auto r = padding_untouched("weights", *buffers.weights); !r) return r;
     for (std::size_t row = 0; row < rows; ++row) {
