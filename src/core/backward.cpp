@@ -83,7 +83,8 @@ BackwardPlan make_backward_plan(const BackwardProblem& bp) {
   plan.chunk_keys = plan.chunks > 0 ? ceil_div(tiles, plan.chunks) * plan.keys : plan.keys;
   if (plan.chunks > 0) plan.chunks = ceil_div(p.len_k, plan.chunk_keys);
   plan.groups = p.batch * p.heads_kv;
-  plan.threads = p.threads;
+  // No more threads than work items: idle threads would only wait at the barriers.
+  plan.threads = static_cast<int>(std::clamp<std::int64_t>(plan.groups * plan.chunks, 1, p.threads));
 
   GroupLayout& g = plan.layout;
   g.k_panels = 0;

@@ -61,7 +61,9 @@ Plan make_plan(const Problem& p) {
   plan.v_pack_floats = plan.len_k_padded * plan.dim_v_padded;
   plan.groups = p.batch * p.heads_kv;
   plan.query_blocks = (p.len_q + k.block_rows - 1) / k.block_rows;
-  plan.threads = p.threads;
+  // No more threads than work items: idle threads would only wait at the barriers.
+  const std::int64_t items = plan.groups * p.group * plan.query_blocks;
+  plan.threads = static_cast<int>(std::clamp<std::int64_t>(items, 1, p.threads));
   // q_packed + scores + acc + row state (4 rows of floats) + key ranges (2 rows of int64)
   plan.scratch_floats = static_cast<std::size_t>(k.block_rows) *
                         static_cast<std::size_t>(p.dim_k + k.block_keys + plan.dim_v_padded + 4 + 4);

@@ -18,7 +18,9 @@ struct KeyRange {
 };
 
 /// Keys visible to query row i of batch entry b from causal / window / lengths alone.
-/// begin and end never decrease as i grows (until rows past the query length, which are empty).
+/// Over the rows with a non-empty range, begin and end never decrease as i grows; empty rows come
+/// only before the first or after the last non-empty row (e.g. past the query length, or where a
+/// window or bottom-right alignment leaves a row no key).
 inline KeyRange visible_keys(const Problem& p, std::int64_t b, std::int64_t i) {
   const std::int64_t query_len = p.query_length(b);
   const std::int64_t key_len = p.key_length(b);

@@ -46,6 +46,7 @@ Result<T> forward(const Problem& p) {
         for (std::int64_t j = 0; j < Lk; ++j) {
           const T weight = std::exp(logits[static_cast<std::size_t>(j)] - max_logit) / sum;
           r.weights[static_cast<std::size_t>(row * Lk + j)] = weight;
+          if (!key_visible(p, b, h, i, j)) continue;  // out sums over visible keys only
           for (std::int64_t d = 0; d < Dv; ++d)
             r.out[static_cast<std::size_t>(row * Dv + d)] += weight * T(p.v.at(b, hk, j, d));
         }

@@ -121,8 +121,9 @@ void write_outputs(const BlockState& st) {
   }
 }
 
-// Attention weights P = exp(t − lse), recomputed tile by tile once lse is known. Keys outside
-// every tile (and rows with no visible key) get 0.
+// Attention weights P = exp(t − m) / l, recomputed tile by tile once m and l are final (not
+// exp(t − lse): with logits ≫ log l, m + log l rounds back to m). Keys outside every tile (and rows
+// with no visible key) get 0.
 void write_weights(const BlockState& st, std::int64_t first, std::int64_t last) {
   const QueryBlock& b = st.block;
   for (int r = 0; r < b.rows; ++r)
@@ -136,10 +137,11 @@ void write_weights(const BlockState& st, std::int64_t first, std::int64_t last) 
       if (l == 0.0f) continue;
       logits_row(st, r, t0, n_keys);
       float* row = st.scores + r * kBlockKeys;
-      exp_row(row, n_keys, st.row_max[r] + __builtin_logf(l));
+      exp_row(row, n_keys, st.row_max[r]);
+      const float inv = 1.0f / l;
       const std::int64_t end = min_i64(n_keys, st.shape.len_k - t0);
       float* w = b.weights + r * b.weights_row_stride + t0 * b.weights_col_stride;
-      for (std::int64_t c = 0; c < end; ++c) w[c * b.weights_col_stride] = row[c];
+      for (std::int64_t c = 0; c < end; ++c) w[c * b.weights_col_stride] = row[c] * inv;
     }
   }
 }
@@ -173,7 +175,9 @@ void forward_block(const BlockShape& shape, const PackedKeysValues& kv, const Qu
     const std::int64_t n_keys = min_i64(kBlockKeys, round_up(last - t0, kPanel));
     compute_scores(st, t0, n_keys);
     softmax_tile(st, t0, n_keys);
-    accumulate_values(st, t0, n_keys);
+    // P·V over the keys some row of the block sees, not the panel padding past them: a padding
+    // key's value (say NaN in an unused KV-cache slot) must not reach the output as 0·NaN.
+    accumulate_values(st, t0, min_i64(n_keys, last - t0));
   }
   write_outputs(st);
   if (block.weights != nullptr) write_weights(st, first, last);
