@@ -5,9 +5,9 @@
 //
 // Flow: parse the flag values → read every input (converted to f32) → validate shapes → the
 // forward, unless its out and lse are given → backward (dq, dk, dv, [dbias], d(scale)) → write the
-// gradients, all or none → print a summary with d(scale). Same options and error rules as `sdpa
-// run` (exit 2 for bad arguments or shapes, 1 for file problems; a failed call leaves no output
-// file).
+// gradients, all or none → print a summary with d(scale).
+// Same options and error rules as `sdpa run`: exit 2 for bad arguments or shapes, 1 for file
+// problems, and a failed call leaves no output file.
 #include <iomanip>
 #include <iostream>
 #include <memory>

@@ -24,8 +24,7 @@
 
 namespace sdpa::cli::grad_io {
 
-// ---- flag values
-// ---------------------------------------------------------------------------------
+// ---- flag values -----------------------------------------------------------------------------
 
 /// One side of --window: an integer >= -1.
 inline std::int64_t parse_window_side(std::string_view text, const std::string& whole) {
@@ -59,8 +58,7 @@ inline void check_distinct_outputs(
   }
 }
 
-// ---- inputs
-// --------------------------------------------------------------------------------------
+// ---- inputs ----------------------------------------------------------------------------------
 
 inline void check_rank_at_most_4(const npy::Array& array, const char* flag,
                                  const std::string& path) {
@@ -119,8 +117,7 @@ inline std::vector<std::int32_t> read_lengths(const std::string& path, const cha
   fail(flag, " ", path, ": dtype ", dtype_name(array.dtype), ": expected i32 or i64");
 }
 
-// ---- library errors in command-line terms
-// --------------------------------------------------------
+// ---- library errors in command-line terms ----------------------------------------------------
 
 /// Which flag and file a library argument name stands for: `prefix` is how the library's message
 /// starts ("options.bias", "dout."), `path` null for flags without a file.
@@ -146,8 +143,7 @@ auto with_flag_context(std::initializer_list<FlagName> names, Call&& call) {
   }
 }
 
-// ---- outputs
-// -------------------------------------------------------------------------------------
+// ---- outputs ---------------------------------------------------------------------------------
 
 inline npy::Array zeros_f32(std::vector<std::int64_t> shape) {
   npy::Array array;

@@ -1,6 +1,6 @@
-// The softmax Jacobian: for p = softmax(x),  ∂p_i/∂x_j = p_i (δ_ij − p_j),  i.e. J = diag(p) −
-// p·pᵀ. J is symmetric, each row sums to 0 (softmax is invariant to adding a constant to every
-// logit), and J·g = p ∘ (g − p·g) costs O(n) without forming J.
+// The softmax Jacobian: for p = softmax(x), ∂p_i/∂x_j = p_i (δ_ij − p_j), i.e. J = diag(p) − p·pᵀ.
+// J is symmetric, each row sums to 0 (softmax is invariant to adding a constant to every logit),
+// and J·g = p ∘ (g − p·g) costs O(n) without forming J.
 #include <algorithm>
 #include <cmath>
 #include <limits>
