@@ -143,6 +143,7 @@ inline bool forward_row(const BackwardProblem& bp, std::int64_t b, std::int64_t 
   for (std::int64_t d = 0; d < p.dim_v; ++d) {
     double out = 0, out_abs = 0;
     for (std::int64_t j = 0; j < p.len_k; ++j) {
+      if (row.logits[at(j)] == kNegInf64) continue;  // hidden keys' v never enters
       out += row.probs[at(j)] * p.v.at(b, h / p.group, j, d);
       out_abs += row.probs[at(j)] * std::abs(p.v.at(b, h / p.group, j, d));
     }

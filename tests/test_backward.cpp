@@ -740,19 +740,101 @@ TEST(Backward, PaddingRowsAndEmptyBatchEntriesGetZeroGradients) {
   }
 }
 
-TEST(Backward, NaNInTheUpstreamGradientOfAMaskedRowDoesNotSpread) {
-  BackwardCase c = plain_case(39, 1, 2, 2, 20, 20, 8, 8);
-  c.inputs.query_lengths = {15};
-  for (std::int64_t h = 0; h < 2; ++h)
-    for (std::int64_t d = 0; d < 8; ++d)
-      c.dout.at({0, h, 17, d}) = std::numeric_limits<float>::quiet_NaN();
-  c.grad_layouts.want_dbias = false;
+// ---- NaN containment: garbage in padding (rows or keys past their lengths, which callers often
+// leave uninitialized) must not reach any gradient; the reference gives those gradients exactly.
+
+// Puts NaN into q, k, v or dout elements of batch entry `b` whose index along dimension 2 (the
+// sequence) is >= `from`.
+void fill_nan_from(Strided<float>& t, std::int64_t b, std::int64_t from) {
+  for_each_index(4, t.shape(), [&](const Index& index) {
+    if (index[0] == b && index[2] >= from) t.at(index) = std::numeric_limits<float>::quiet_NaN();
+  });
+}
+
+// Runs the case on every ISA: every gradient finite and matching the reference.
+void expect_nan_contained(const BackwardCase& c, const std::string& what) {
   OutputBuffers forward_outputs = c.make_forward_outputs();
   GradBuffers grads = c.make_grads();
+  const BackwardReferences refs = c.references(forward_outputs, grads);
   for (Isa isa : supported_isas()) {
     c.run(forward_outputs, grads, isa, 2);
-    EXPECT_TRUE(all_finite(grads)) << "isa " << isa_name(isa);
+    EXPECT_TRUE(all_finite(grads)) << what << ", isa " << isa_name(isa);
+    EXPECT_TRUE(check_grads(refs, grads)) << what << ", isa " << isa_name(isa);
   }
+}
+
+BackwardCase padded_case() {
+  BackwardCase c = plain_case(39, 2, 2, 2, 20, 30, 8, 8);
+  c.grad_layouts.want_dbias = false;
+  c.inputs.key_lengths = {30, 17};
+  c.inputs.query_lengths = {20, 12};
+  return c;
+}
+
+TEST(Backward, NaNInPaddedKeysDoesNotReachAnyGradient) {
+  BackwardCase c = padded_case();
+  fill_nan_from(c.inputs.k, 1, 17);
+  fill_nan_from(c.inputs.v, 1, 17);
+  expect_nan_contained(c, "NaN in k and v of keys >= key_lengths[1] = 17");
+}
+
+TEST(Backward, NaNInPaddedQueryRowsDoesNotReachAnyGradient) {
+  BackwardCase c = padded_case();
+  fill_nan_from(c.inputs.q, 1, 12);
+  expect_nan_contained(c, "NaN in q of rows >= query_lengths[1] = 12");
+}
+
+TEST(Backward, NaNInTheUpstreamGradientOfAPaddedRowDoesNotReachAnyGradient) {
+  BackwardCase c = padded_case();
+  fill_nan_from(c.dout, 1, 12);
+  expect_nan_contained(c, "NaN in dout of rows >= query_lengths[1] = 12");
+}
+
+// ---- workspace ----------------------------------------------------------------------------------
+
+TEST(Backward, WorkspaceLimitGivesTheSameGradientsInRounds) {
+  // 8 (batch, kv-head) groups; half the unlimited workspace makes the call process them in rounds.
+  BackwardCase c = plain_case(45, 4, 4, 2, 150, 170, 32, 24);
+  Rng rng(46);
+  c.inputs.bias = random_floats(rng, {1, 4, 150, 170}, {});
+  OutputBuffers forward_outputs = c.make_forward_outputs();
+  GradBuffers grads = c.make_grads();
+  const BackwardReferences refs = c.references(forward_outputs, grads);
+  for (Isa isa : supported_isas()) {
+    const RunInfo unlimited = c.run(forward_outputs, grads, isa, 2);
+    const std::vector<std::vector<float>> expected = all_grads(grads);
+    grads.reset();
+    Options o = c.inputs.options();
+    o.isa = isa;
+    o.threads = 2;
+    o.workspace_limit = unlimited.workspace_bytes / 2;
+    const RunInfo limited = backward(c.inputs.q.tensor, c.inputs.k.tensor, c.inputs.v.tensor,
+                                     forward_outputs.out.tensor, c.dout.tensor,
+                                     forward_outputs.lse->tensor, o, grads.grads());
+    EXPECT_LE(limited.workspace_bytes, o.workspace_limit) << isa_name(isa);
+    EXPECT_TRUE(check_grads(refs, grads)) << isa_name(isa);
+    const std::vector<std::vector<float>> got = all_grads(grads);
+    for (std::size_t n = 0; n < expected.size(); ++n)
+      EXPECT_TRUE(bitwise_equal(expected[n], got[n])) << "gradient " << n << ", " << isa_name(isa);
+  }
+}
+
+TEST(Backward, TooSmallWorkspaceLimitIsAnErrorAndWritesNothing) {
+  BackwardCase c = plain_case(47, 1, 2, 2, 30, 30, 16, 16);
+  OutputBuffers forward_outputs = c.make_forward_outputs();
+  c.inputs.run(forward_outputs, Isa::automatic, 1);
+  GradBuffers grads = c.make_grads();
+  Options o = c.inputs.options();
+  o.workspace_limit = 1000;
+  try {
+    backward(c.inputs.q.tensor, c.inputs.k.tensor, c.inputs.v.tensor, forward_outputs.out.tensor,
+             c.dout.tensor, forward_outputs.lse->tensor, o, grads.grads());
+    ADD_FAILURE() << "no error thrown";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("options.workspace_limit"), std::string::npos) << e.what();
+  }
+  for (const auto& g : all_grads(grads))
+    for (float x : g) EXPECT_TRUE(is_sentinel(x)) << "a gradient was written before the error";
 }
 
 // Runs the case with every ISA and threads 1, 2, 3, 4, 7 (twice each): all gradients bitwise equal.

@@ -55,16 +55,19 @@ bool row_softmax(const Problem& p, std::int64_t b, std::int64_t h, std::int64_t 
   return true;
 }
 
-// D_i = dO_i·O_i with O_i = Σ_j P_ij v_j recomputed in T.
+// D_i = dO_i·O_i with O_i = Σ_j P_ij v_j recomputed in T, over the keys whose logit is not −inf
+// (a hidden key's v, maybe uninitialized padding, never enters: 0·NaN would be NaN).
 template <typename T>
 T row_delta(const BackwardProblem& bp, std::int64_t b, std::int64_t h, std::int64_t i,
-            const std::vector<T>& probs) {
+            const std::vector<T>& logits, const std::vector<T>& probs) {
   const Problem& p = bp.forward;
   const std::int64_t hk = h / p.group;
   T delta = 0;
   for (std::int64_t d = 0; d < p.dim_v; ++d) {
     T out = 0;
-    for (std::int64_t j = 0; j < p.len_k; ++j) out += probs[at(j)] * T(p.v.at(b, hk, j, d));
+    for (std::int64_t j = 0; j < p.len_k; ++j)
+      if (logits[at(j)] != -std::numeric_limits<T>::infinity())
+        out += probs[at(j)] * T(p.v.at(b, hk, j, d));
     delta += T(bp.dout.at(b, h, i, d)) * out;
   }
   return delta;
@@ -103,7 +106,7 @@ BackwardResult<T> backward(const BackwardProblem& bp) {
       const std::int64_t hk = h / p.group;  // the key/value head this query head reads
       for (std::int64_t i = 0; i < Lq; ++i) {
         if (!row_softmax(p, b, h, i, logits, probs)) continue;  // no visible key: no gradient
-        const T delta = row_delta(bp, b, h, i, probs);
+        const T delta = row_delta(bp, b, h, i, logits, probs);
         T* dq_i = &r.dq[at(((b * Hq + h) * Lq + i) * Dk)];
         for (std::int64_t j = 0; j < Lk; ++j) {
           if (logits[at(j)] == -std::numeric_limits<T>::infinity()) continue;  // hidden key
