@@ -174,10 +174,24 @@ void pack_group_keys_values(const BackwardProblem& bp, const BackwardPlan& plan,
   const Problem& p = bp.forward;
   const std::int64_t b = g / p.heads_kv, hk = g % p.heads_kv;
   const GroupLayout& l = plan.layout;
-  pack_transposed_panels(p.k, b, hk, p.len_k, plan.len_k_pad, p.dim_k, plan.nr, group + l.k_panels);
-  pack_transposed_panels(p.v, b, hk, p.len_k, plan.len_k_pad, p.dim_v, plan.nr, group + l.vt_panels);
-  pack_column_panels(p.k, b, hk, p.len_k, plan.len_k_pad, p.dim_k, plan.dim_k_pad, plan.nr,
+  // Keys past this batch entry's key length are packed as zeros: no row sees them, and whatever
+  // they hold (NaN in an unused cache slot) must not reach a gradient as 0·NaN.
+  const std::int64_t len = p.key_length(b);
+  pack_transposed_panels(p.k, b, hk, len, plan.len_k_pad, p.dim_k, plan.nr, group + l.k_panels);
+  pack_transposed_panels(p.v, b, hk, len, plan.len_k_pad, p.dim_v, plan.nr, group + l.vt_panels);
+  pack_column_panels(p.k, b, hk, len, plan.len_k_pad, p.dim_k, plan.dim_k_pad, plan.nr,
                      group + l.k_rows);
+}
+
+// Zeroes query row i of a head's packed Q and dO (rows and column panels).
+void zero_packed_row(const Problem& p, const BackwardPlan& plan, float* head, std::int64_t i) {
+  const GroupLayout& l = plan.layout;
+  std::fill_n(head + l.q_rows + i * p.dim_k, p.dim_k, 0.0f);
+  std::fill_n(head + l.do_rows + i * p.dim_v, p.dim_v, 0.0f);
+  for (std::int64_t c0 = 0; c0 < plan.dim_k_pad; c0 += plan.nr)
+    std::fill_n(head + l.q_panels + c0 * plan.len_q_pad + i * plan.nr, plan.nr, 0.0f);
+  for (std::int64_t c0 = 0; c0 < plan.dim_v_pad; c0 += plan.nr)
+    std::fill_n(head + l.do_panels + c0 * plan.len_q_pad + i * plan.nr, plan.nr, 0.0f);
 }
 
 void pack_query_head(const BackwardProblem& bp, const BackwardPlan& plan, std::int64_t g,
@@ -192,13 +206,17 @@ void pack_query_head(const BackwardProblem& bp, const BackwardPlan& plan, std::i
   pack_rows(bp.dout, b, h, p.len_q, plan.len_q_pad, p.dim_v, head + l.do_rows);
   pack_column_panels(bp.dout, b, h, p.len_q, plan.len_q_pad, p.dim_v, plan.dim_v_pad, plan.nr,
                      head + l.do_panels);
+  // Rows that see no key (padding past the query length, fully masked rows: lse = −inf) have no
+  // gradient; their Q and dO are zeroed so that NaN there cannot reach dK or dV as 0·NaN.
   const View4<float>& out = p.out;
+  const std::int64_t len = p.query_length(b);
   for (std::int64_t i = 0; i < plan.len_q_pad; ++i) {
-    const bool real = i < p.len_q;
+    const bool real = i < len && bp.lse.at(b, h, i, 0) != -INFINITY;
     head[l.lse + i] = real ? bp.lse.at(b, h, i, 0) : -INFINITY;
     float delta = 0.0f;  // delta_i = dO_i · O_i
     for (std::int64_t d = 0; real && d < p.dim_v; ++d) delta += bp.dout.at(b, h, i, d) * out.at(b, h, i, d);
     head[l.delta + i] = delta;
+    if (!real && i < p.len_q) zero_packed_row(p, plan, head, i);
   }
 }
 

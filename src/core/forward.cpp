@@ -86,7 +86,7 @@ Plan make_plan(const Problem& p) {
 }
 
 // K of one (batch, kv-head), keys [panel_begin·NR, panel_end·NR), transposed into panels
-// [panel][Dk][NR]; keys past Lk are zero.
+// [panel][Dk][NR]; keys past the batch entry's key length are zero (never seen; NaN-safe).
 void pack_keys(const Problem& p, const Plan& plan, std::int64_t b, std::int64_t hk,
                std::int64_t panel_begin, std::int64_t panel_end, float* k_panels) {
   const std::int64_t nr = plan.panel;
@@ -94,7 +94,7 @@ void pack_keys(const Problem& p, const Plan& plan, std::int64_t b, std::int64_t 
     float* dst = k_panels + panel * p.dim_k * nr;
     for (std::int64_t n = 0; n < nr; ++n) {
       const std::int64_t j = panel * nr + n;
-      if (j >= p.len_k) {
+      if (j >= p.key_length(b)) {
         for (std::int64_t d = 0; d < p.dim_k; ++d) dst[d * nr + n] = 0.0f;
         continue;
       }
@@ -105,7 +105,7 @@ void pack_keys(const Problem& p, const Plan& plan, std::int64_t b, std::int64_t 
 }
 
 // V of one (batch, kv-head), keys [key_begin, key_end), into panels [Dv / NR][Lk_padded][NR];
-// columns past Dv and keys past Lk are zero.
+// columns past Dv and keys past the batch entry's key length are zero.
 void pack_values(const Problem& p, const Plan& plan, std::int64_t b, std::int64_t hk,
                  std::int64_t key_begin, std::int64_t key_end, float* v_panels) {
   const std::int64_t nr = plan.panel;
@@ -115,7 +115,7 @@ void pack_values(const Problem& p, const Plan& plan, std::int64_t b, std::int64_
     for (std::int64_t j = key_begin; j < key_end; ++j) {
       float* dst = panel + j * nr;
       std::int64_t c = 0;
-      if (j < p.len_k) {
+      if (j < p.key_length(b)) {
         const float* src = &p.v.at(b, hk, j, col0);
         for (; c < cols; ++c) dst[c] = src[c * p.v.s3];
       }
