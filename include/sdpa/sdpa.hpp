@@ -99,6 +99,9 @@ struct Outputs {
   Tensor out;                             ///< f32 [B, Hq, Lq, Dv], required
   std::optional<Tensor> lse;              ///< f32 [B, Hq, Lq]: natural-log log-sum-exp of each row's logits
   std::optional<Tensor> weights;          ///< f32 [B, Hq, Lq, Lk]: the softmax probabilities (O(L²) memory)
+  std::optional<Tensor> entropy;          ///< f32 [B, Hq, Lq]: each row's attention entropy
+                                          ///< H = −Σ p log p = lse − Σ p·s (nats), computed inside the
+                                          ///< fused kernel; 0 for a row with no visible key
 };
 
 /// What a call did, for summaries and benchmarks.
