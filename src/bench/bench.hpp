@@ -28,6 +28,9 @@ struct Timing {
   int repeats = 0;
 };
 
+/// Median (the mean of the middle two for an even count) and minimum of `seconds`.
+Timing timing_of(std::vector<double> seconds);
+
 /// Median (and minimum) wall time of `fn`; repeats >= 1.
 Timing time_repeats(const std::function<void()>& fn, int repeats, int warmups = 1);
 
@@ -141,7 +144,8 @@ struct GridRow {
   AttentionShape shape;
   Timing sdpa;
   double gflops = 0;
-  double percent_of_peak = 0;
+  double peak_gflops = 0;                 ///< FMA peak measured just before this row
+  double percent_of_peak = 0;             ///< of peak_gflops
   std::optional<Timing> naive;            ///< absent when skipped
   std::optional<NaiveSteps> naive_steps;  ///< of the median-timed naive call
   double speedup_vs_naive = 0;            ///< naive median / sdpa median; 0 when skipped
@@ -154,12 +158,15 @@ struct GridRow {
 struct GridReport {
   GridOptions options;  ///< with threads resolved
   sdpa::Isa isa = sdpa::Isa::automatic;
-  PeakMeasurement peak;
+  PeakMeasurement peak;     ///< measured before the first row
+  double load_average = 0;  ///< 1-minute load average at the start (other processes)
   std::vector<MemoryMeasurement> memory;
   std::vector<GridRow> rows;
 };
 
-/// Memory (child processes) first, then the peak, then every (length, causal) pair. `on_row`, when
+/// Memory (child processes) first, then every (length, causal) pair: the FMA peak again just
+/// before each row (a peak taken minutes earlier under other load would skew % of peak), then
+/// sdpa and naive calls alternating (background load slows both alike). `on_row`, when
 /// given, sees the report so far each time a row is appended (long grids print progress with it).
 GridReport run_grid(const GridOptions& options,
                     const std::function<void(const GridReport&)>& on_row = {});

@@ -2,9 +2,9 @@
 // (length, causal), plus the RSS high-water mark per length.
 #include <algorithm>
 #include <cstdint>
+#include <fstream>
 #include <memory>
 #include <sstream>
-#include <utility>
 #include <vector>
 
 #include "bench/bench.hpp"
@@ -18,18 +18,36 @@ double total_seconds(const NaiveSteps& steps) {
   return steps.scores_s + steps.softmax_s + steps.output_s;
 }
 
-// Times the naive baseline like time_repeats and keeps the step split of the median call.
-std::pair<Timing, NaiveSteps> time_naive(AttentionData& data, std::span<float> scores,
-                                         const GridOptions& options) {
-  std::vector<NaiveSteps> calls;
-  const Timing timing =
-      time_repeats([&] { calls.push_back(naive_forward(data, scores, options.threads)); },
-                   options.repeats, options.warmups);
-  calls.erase(calls.begin(), calls.begin() + options.warmups);
+// Per-call seconds of sdpa and (when `scores` is given) naive, alternating call by call so that
+// background load on the machine hits both alike and their ratio stays meaningful.
+struct Samples {
+  std::vector<double> sdpa_s, naive_s;
+  std::vector<NaiveSteps> naive_steps;
+};
+
+Samples sample_interleaved(AttentionData& data, std::span<float> scores,
+                           const GridOptions& options) {
+  Samples samples;
+  for (int call = -options.warmups; call < std::max(1, options.repeats); ++call) {
+    double start = now_seconds();
+    run_sdpa_forward(data, options.threads);
+    if (call >= 0) samples.sdpa_s.push_back(now_seconds() - start);
+    if (scores.empty()) continue;
+    start = now_seconds();
+    const NaiveSteps steps = naive_forward(data, scores, options.threads);
+    if (call < 0) continue;
+    samples.naive_s.push_back(now_seconds() - start);
+    samples.naive_steps.push_back(steps);
+  }
+  return samples;
+}
+
+// The step split of the naive call whose total time is the median one.
+NaiveSteps median_steps(std::vector<NaiveSteps> calls) {
   std::sort(calls.begin(), calls.end(), [](const NaiveSteps& a, const NaiveSteps& b) {
     return total_seconds(a) < total_seconds(b);
   });
-  return {timing, calls[calls.size() / 2]};
+  return calls[calls.size() / 2];
 }
 
 // Why the naive run for `shape` would not fit in options.naive_memory_limit ("" when it fits).
@@ -49,8 +67,9 @@ GridRow measure_row(AttentionData& data, std::span<float> scores, const GridOpti
                     double peak_gflops) {
   GridRow row;
   row.shape = data.shape;
-  row.sdpa = time_repeats([&] { run_sdpa_forward(data, options.threads); }, options.repeats,
-                          options.warmups);
+  row.peak_gflops = peak_gflops;
+  const Samples samples = sample_interleaved(data, scores, options);
+  row.sdpa = timing_of(samples.sdpa_s);
   row.gflops = attention_flops(row.shape) / row.sdpa.median_s * 1e-9;
   row.percent_of_peak = peak_gflops > 0 ? 100.0 * row.gflops / peak_gflops : 0;
   if (!options.naive) {
@@ -58,13 +77,21 @@ GridRow measure_row(AttentionData& data, std::span<float> scores, const GridOpti
   } else if (scores.empty()) {
     row.naive_note = naive_skip_reason(row.shape, data.bytes(), options);
   } else {
-    auto [timing, steps] = time_naive(data, scores, options);
-    row.naive = timing;
-    row.naive_steps = steps;
-    row.speedup_vs_naive = timing.median_s / row.sdpa.median_s;
+    row.naive = timing_of(samples.naive_s);
+    row.naive_steps = median_steps(samples.naive_steps);
+    row.speedup_vs_naive = row.naive->median_s / row.sdpa.median_s;
+    const NaiveSteps& steps = *row.naive_steps;
     row.speedup_vs_naive_gemms = (steps.scores_s + steps.output_s) / row.sdpa.median_s;
   }
   return row;
+}
+
+// The 1-minute load average (0 where /proc/loadavg is missing).
+double load_average() {
+  std::ifstream loadavg("/proc/loadavg");
+  double load = 0;
+  loadavg >> load;
+  return load;
 }
 
 }  // namespace
@@ -80,7 +107,7 @@ GridReport run_grid(const GridOptions& requested,
   for (std::int64_t length : options.memory_lengths)
     report.memory.push_back(measure_forward_memory(
         {options.batch, options.heads, length, options.dim, false}, options.threads));
-  report.peak = measure_fma_peak(options.threads, options.peak);
+  report.load_average = load_average();
   for (std::int64_t length : options.lengths) {
     AttentionData data = AttentionData::random({options.batch, options.heads, length, options.dim});
     // One L×L score matrix per length, shared by the causal and non-causal runs.
@@ -92,8 +119,10 @@ GridReport run_grid(const GridOptions& requested,
     }
     for (bool causal : options.causal) {
       data.shape.causal = causal;
+      const PeakMeasurement peak = measure_fma_peak(options.threads, options.peak);
+      if (report.rows.empty()) report.peak = peak;
       report.rows.push_back(
-          measure_row(data, {scores.get(), scores_floats}, options, report.peak.gflops()));
+          measure_row(data, {scores.get(), scores_floats}, options, peak.gflops()));
       if (on_row) on_row(report);
     }
   }

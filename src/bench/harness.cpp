@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "bench/bench.hpp"
@@ -15,6 +16,17 @@ double now_seconds() {
   return std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
 }
 
+Timing timing_of(std::vector<double> seconds) {
+  Timing timing;
+  if (seconds.empty()) return timing;
+  std::sort(seconds.begin(), seconds.end());
+  timing.repeats = static_cast<int>(seconds.size());
+  timing.min_s = seconds.front();
+  const std::size_t mid = seconds.size() / 2;
+  timing.median_s = seconds.size() % 2 ? seconds[mid] : 0.5 * (seconds[mid - 1] + seconds[mid]);
+  return timing;
+}
+
 Timing time_repeats(const std::function<void()>& fn, int repeats, int warmups) {
   for (int i = 0; i < warmups; ++i) fn();
   std::vector<double> seconds;
@@ -23,13 +35,7 @@ Timing time_repeats(const std::function<void()>& fn, int repeats, int warmups) {
     fn();
     seconds.push_back(now_seconds() - start);
   }
-  std::sort(seconds.begin(), seconds.end());
-  Timing timing;
-  timing.repeats = static_cast<int>(seconds.size());
-  timing.min_s = seconds.front();
-  const std::size_t mid = seconds.size() / 2;
-  timing.median_s = seconds.size() % 2 ? seconds[mid] : 0.5 * (seconds[mid - 1] + seconds[mid]);
-  return timing;
+  return timing_of(std::move(seconds));
 }
 
 int resolve_threads(int requested) { return requested > 0 ? requested : omp_get_num_procs(); }

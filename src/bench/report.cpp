@@ -41,24 +41,32 @@ void print_peak_table(std::ostream& os, const std::vector<PeakMeasurement>& peak
 void print_grid_header(std::ostream& os, const GridReport& report) {
   const GridOptions& o = report.options;
   const PeakMeasurement& p = report.peak;
-  os << format("sdpa bench: B=%lld H=%lld D=%lld, %d threads, isa %s, median of %d (%d warm-up)\n",
-               static_cast<long long>(o.batch), static_cast<long long>(o.heads),
-               static_cast<long long>(o.dim), o.threads, sdpa::isa_name(report.isa), o.repeats,
-               o.warmups);
-  os << format("FMA peak at %d threads: 256-bit %.1f, 512-bit %.1f -> peak %.1f GFLOP/s\n",
-               p.threads, p.gflops_256, p.gflops_512, p.gflops());
+  os << format(
+      "sdpa bench: B=%lld H=%lld D=%lld, %d threads, isa %s, median of %d (%d warm-up), sdpa and "
+      "naive calls interleaved\n",
+      static_cast<long long>(o.batch), static_cast<long long>(o.heads),
+      static_cast<long long>(o.dim), o.threads, sdpa::isa_name(report.isa), o.repeats, o.warmups);
+  os << format(
+      "FMA peak at %d threads: 256-bit %.1f, 512-bit %.1f -> peak %.1f GFLOP/s "
+      "(measured again before every row: column 'peak')\n",
+      p.threads, p.gflops_256, p.gflops_512, p.gflops());
+  if (report.load_average > 0.5)
+    os << format(
+        "warning: load average %.2f at the start: other processes share the cores, "
+        "figures are noisy\n",
+        report.load_average);
   os << "GFLOP/s = 4*B*H*L*L*D (halved when causal) / median time; x naive = naive median / sdpa "
         "median;\nx sgemms = the naive version's two sgemm calls alone / sdpa (its softmax taken "
         "as "
         "free)\n\n";
-  os << "      L  causal    time ms    GFLOP/s   % peak    naive ms   x naive  x sgemms"
+  os << "      L  causal    time ms    GFLOP/s    peak   % peak    naive ms   x naive  x sgemms"
         "   naive QK/softmax/PV\n";
 }
 
 void print_grid_row(std::ostream& os, const GridRow& row) {
-  os << format("%7lld  %6s  %9.2f  %9.1f  %6.1f%%", static_cast<long long>(row.shape.length),
+  os << format("%7lld  %6s  %9.2f  %9.1f  %6.1f  %6.1f%%", static_cast<long long>(row.shape.length),
                row.shape.causal ? "on" : "off", row.sdpa.median_s * 1e3, row.gflops,
-               row.percent_of_peak);
+               row.peak_gflops, row.percent_of_peak);
   if (row.naive && row.naive_steps) {
     const NaiveSteps& s = *row.naive_steps;
     const double total = s.scores_s + s.softmax_s + s.output_s;

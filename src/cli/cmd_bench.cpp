@@ -41,6 +41,7 @@ json row_json(const bench::GridRow& r) {
               {"time_ms", r.sdpa.median_s * 1e3},
               {"min_ms", r.sdpa.min_s * 1e3},
               {"gflops", r.gflops},
+              {"peak_gflops", r.peak_gflops},
               {"percent_of_peak", r.percent_of_peak},
               {"naive", nullptr}};
   if (r.naive && r.naive_steps) {
@@ -82,6 +83,7 @@ json report_json(const bench::GridReport& report) {
   return {{"command", "bench"},
           {"threads", o.threads},
           {"isa", isa_name(report.isa)},
+          {"load_average", report.load_average},
           {"repeats", o.repeats},
           {"warmups", o.warmups},
           {"batch", o.batch},
