@@ -263,6 +263,22 @@ TEST_F(Cli, RunWritesLseAndWeightsMatchingReference) {
                                         refs.ref64.weights));
 }
 
+TEST_F(Cli, RunWritesEntropyMatchingReference) {
+  const Qkv x = random_qkv(1, 2, 1, 12, 8, 8, 4, 5);
+  write_qkv(x);
+  const CliResult r = run(qkv_arguments() + " --causal bottom-right --entropy '" +
+                          path("h.npy") + "' --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("\"entropy\""), std::string::npos) << r.out;
+  sdpa::Options options;
+  options.causal = sdpa::Causal::bottom_right;
+  const auto refs = references(x, options);
+  const sdpa::npy::Array entropy = sdpa::npy::read(path("h.npy"));
+  EXPECT_EQ(entropy.shape, (Shape{1, 2, 12}));
+  EXPECT_TRUE(sdpa::test::accuracy_rule("entropy", values_f32(entropy), refs.naive32.entropy,
+                                        refs.ref64.entropy));
+}
+
 TEST_F(Cli, RunCombinesMaskBiasLengthsWindowAndScale) {
   const std::int64_t B = 2, H = 2, Lq = 10, Lk = 14;
   const Qkv x = random_qkv(B, H, H, Lq, Lk, 8, 8, 11);

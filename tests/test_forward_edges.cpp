@@ -563,5 +563,58 @@ TEST(Forward, WorkspaceLimitIsHonouredOrRefusedWithoutWriting) {
   }
 }
 
+// ---- entropy telemetry ----------------------------------------------------------------------------
+
+TEST(Forward, EntropyOfUniformAttentionIsLogOfVisibleKeys) {
+  // q = 0: every visible key gets the same weight, so H = log(number of visible keys).
+  Rng rng(71);
+  Inputs in = random_inputs(rng, 1, 1, 1, 6, 40, 8, 8);
+  std::fill(in.q.storage.begin(), in.q.storage.end(), 0.0f);
+  in.base.causal = Causal::bottom_right;  // row i sees 35 + i keys
+  OutputLayouts layouts;
+  layouts.want_weights = false;
+  OutputBuffers buffers = in.make_outputs(layouts);
+  for (Isa isa : supported_isas()) {
+    in.run(buffers, isa, 1);
+    const std::vector<float> h = buffers.entropy->dense();
+    for (std::int64_t i = 0; i < 6; ++i)
+      EXPECT_NEAR(h[static_cast<std::size_t>(i)], std::log(35.0 + static_cast<double>(i)), 2e-6)
+          << "row " << i << ", isa " << isa_name(isa);
+  }
+}
+
+TEST(Forward, EntropyOfOneDominantKeyIsNearZeroAndMaskedRowIsZero) {
+  Rng rng(72);
+  Inputs in = random_inputs(rng, 1, 1, 1, 2, 30, 4, 4);
+  in.bias = floats({2, 30}, std::vector<float>(60, 0.0f));
+  for (std::int64_t j = 0; j < 30; ++j) {
+    in.bias->at({0, j}) = j == 7 ? 0.0f : -200.0f;  // row 0: one key dominates completely
+    in.bias->at({1, j}) = -kInf;                    // row 1: no visible key
+  }
+  OutputBuffers buffers = in.make_outputs();
+  for (Isa isa : supported_isas()) {
+    in.run(buffers, isa, 1);
+    const std::vector<float> h = buffers.entropy->dense();
+    EXPECT_NEAR(h[0], 0.0f, 1e-6f) << isa_name(isa);
+    EXPECT_EQ(h[1], 0.0f) << isa_name(isa);
+  }
+}
+
+TEST(Forward, AskingForEntropyLeavesOutAndLseBitwiseUnchanged) {
+  Rng rng(73);
+  Inputs in = random_inputs(rng, 2, 4, 2, 130, 300, 64, 32);
+  in.base.causal = Causal::top_left;
+  OutputLayouts with, without;
+  without.want_entropy = false;
+  with.want_weights = without.want_weights = false;
+  OutputBuffers a = in.make_outputs(with), b = in.make_outputs(without);
+  for (Isa isa : supported_isas()) {
+    in.run(a, isa, 2);
+    in.run(b, isa, 2);
+    EXPECT_TRUE(bitwise_equal(a.out.dense(), b.out.dense())) << isa_name(isa);
+    EXPECT_TRUE(bitwise_equal(a.lse->dense(), b.lse->dense())) << isa_name(isa);
+  }
+}
+
 }  // namespace
 }  // namespace sdpa::test

@@ -212,9 +212,12 @@ RandomCase random_case(std::uint64_t seed) {
   o.weights = random_layout(rng, 4, false);
   o.want_lse = rng.chance(0.5);
   o.want_weights = rng.chance(0.3);
+  o.entropy = random_layout(rng, 3, false);
+  o.want_entropy = rng.chance(0.5);
   what << " out/" << o.out.name;
   if (o.want_lse) what << " lse/" << o.lse.name;
   if (o.want_weights) what << " weights/" << o.weights.name;
+  if (o.want_entropy) what << " entropy/" << o.entropy.name;
   // Mostly one thread: a multi-threaded call on a tiny problem costs milliseconds of OpenMP
   // barrier waiting when the cores are shared (ctest -j); thread-count independence is proven by
   // Forward.ResultsAreBitwiseIdenticalForAnyThreadCountAndRun.

@@ -266,14 +266,14 @@ inline bool is_sentinel(float x) {
 inline bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 
 struct OutputLayouts {
-  Layout out, lse, weights;
-  bool want_lse = true, want_weights = true;
+  Layout out, lse, weights, entropy;
+  bool want_lse = true, want_weights = true, want_entropy = true;
 };
 
 /// Output tensors of one call, filled with sentinel().
 struct OutputBuffers {
   Strided<float> out;
-  std::optional<Strided<float>> lse, weights;
+  std::optional<Strided<float>> lse, weights, entropy;
 
   OutputBuffers(std::int64_t batch, std::int64_t heads_q, std::int64_t len_q, std::int64_t len_k,
                 std::int64_t dim_v, const OutputLayouts& layouts = {})
@@ -281,18 +281,22 @@ struct OutputBuffers {
     if (layouts.want_lse) lse.emplace(DType::f32, std::vector<std::int64_t>{batch, heads_q, len_q}, layouts.lse);
     if (layouts.want_weights)
       weights.emplace(DType::f32, std::vector<std::int64_t>{batch, heads_q, len_q, len_k}, layouts.weights);
+    if (layouts.want_entropy)
+      entropy.emplace(DType::f32, std::vector<std::int64_t>{batch, heads_q, len_q}, layouts.entropy);
     reset();
   }
   void reset() {
     std::fill(out.storage.begin(), out.storage.end(), sentinel());
     if (lse) std::fill(lse->storage.begin(), lse->storage.end(), sentinel());
     if (weights) std::fill(weights->storage.begin(), weights->storage.end(), sentinel());
+    if (entropy) std::fill(entropy->storage.begin(), entropy->storage.end(), sentinel());
   }
   Outputs outputs() {
     Outputs o;
     o.out = out.tensor;
     if (lse) o.lse = lse->tensor;
     if (weights) o.weights = weights->tensor;
+    if (entropy) o.entropy = entropy->tensor;
     return o;
   }
 };
@@ -419,6 +423,17 @@ inline ::testing::AssertionResult check_outputs(const References& refs, OutputBu
     const std::vector<float> lse = buffers.lse->dense();
     if (auto r = accuracy_rule("lse", lse, refs.naive32.lse, refs.ref64.lse, 1, slack); !r) return r;
     if (auto r = padding_untouched("lse", *buffers.lse); !r) return r;
+  }
+  if (buffers.entropy) {
+    const std::vector<float> entropy = buffers.entropy->dense();
+    if (auto r = accuracy_rule("entropy", entropy, refs.naive32.entropy, refs.ref64.entropy, 1, slack);
+        !r)
+      return r;
+    if (auto r = padding_untouched("entropy", *buffers.entropy); !r) return r;
+    for (std::size_t row = 0; row < rows; ++row)
+      if (refs.ref64.lse[row] == kNegInf64 && entropy[row] != 0.0f)
+        return ::testing::AssertionFailure() << "entropy row " << row << " is fully masked but "
+                                             << entropy[row] << ", not 0";
   }
   if (buffers.weights) {
     const std::vector<float> weights = buffers.weights->dense();

@@ -33,7 +33,8 @@ class Validate : public ::testing::Test {
   Options options;
   Outputs outputs{Tensor::contiguous(out_data.data(), DType::f32, {B, Hq, Lq, Dv}),
                   Tensor::contiguous(lse_data.data(), DType::f32, {B, Hq, Lq}),
-                  Tensor::contiguous(weights_data.data(), DType::f32, {B, Hq, Lq, Lk})};
+                  Tensor::contiguous(weights_data.data(), DType::f32, {B, Hq, Lq, Lk}),
+                  std::nullopt};
 
   Tensor mask(std::initializer_list<std::int64_t> shape, DType dtype = DType::boolean) {
     return Tensor::contiguous(mask_data.data(), dtype, shape);

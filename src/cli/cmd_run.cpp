@@ -33,7 +33,7 @@ namespace {
 struct RunArgs {
   std::string q, k, v, out;                            // required paths
   std::string mask, bias, key_lengths, query_lengths;  // optional input paths ("" = not given)
-  std::string lse, weights;                            // optional output paths
+  std::string lse, weights, entropy;                   // optional output paths
   std::string causal = "none";
   std::string window;  // "L,R"
   std::string isa = "auto";
@@ -69,9 +69,10 @@ void check_distinct_outputs(const RunArgs& args) {
     return std::filesystem::absolute(path).lexically_normal().string();
   };
   std::set<std::string> seen{normal(args.out)};
-  for (const std::string* path : {&args.lse, &args.weights})
+  for (const std::string* path : {&args.lse, &args.weights, &args.entropy})
     if (!path->empty() && !seen.insert(normal(*path)).second)
-      fail("output path '", *path, "' is given twice (--out, --lse and --weights must differ)");
+      fail("output path '", *path,
+           "' is given twice (--out, --lse, --weights and --entropy must differ)");
 }
 
 // Everything in Options that does not need the input arrays.
@@ -216,6 +217,7 @@ struct Results {
   npy::Array out;                     // f32 [B, Hq, Lq, Dv]
   std::optional<npy::Array> lse;      // f32 [B, Hq, Lq]
   std::optional<npy::Array> weights;  // f32 [B, Hq, Lq, Lk]
+  std::optional<npy::Array> entropy;  // f32 [B, Hq, Lq]
 };
 
 npy::Array zeros_f32(std::vector<std::int64_t> shape) {
@@ -231,6 +233,7 @@ Results allocate_results(const Problem& p, const RunArgs& args) {
   r.out = zeros_f32({p.batch, p.heads_q, p.len_q, p.dim_v});
   if (!args.lse.empty()) r.lse = zeros_f32({p.batch, p.heads_q, p.len_q});
   if (!args.weights.empty()) r.weights = zeros_f32({p.batch, p.heads_q, p.len_q, p.len_k});
+  if (!args.entropy.empty()) r.entropy = zeros_f32({p.batch, p.heads_q, p.len_q});
   return r;
 }
 
@@ -239,6 +242,7 @@ Outputs output_views(Results& r) {
   outputs.out = r.out.tensor();
   if (r.lse) outputs.lse = r.lse->tensor();
   if (r.weights) outputs.weights = r.weights->tensor();
+  if (r.entropy) outputs.entropy = r.entropy->tensor();
   return outputs;
 }
 
@@ -260,6 +264,7 @@ void write_results(const Results& results, const RunArgs& args) {
   npy::write(args.out, results.out);
   if (results.lse) npy::write(args.lse, *results.lse);
   if (results.weights) npy::write(args.weights, *results.weights);
+  if (results.entropy) npy::write(args.entropy, *results.entropy);
 }
 
 // ---- the summary ------------------------------------------------------------------------------
@@ -272,6 +277,7 @@ nlohmann::ordered_json summary_json(const Problem& p, const RunArgs& args, const
   json outputs = {{"out", args.out}};
   if (!args.lse.empty()) outputs["lse"] = args.lse;
   if (!args.weights.empty()) outputs["weights"] = args.weights;
+  if (!args.entropy.empty()) outputs["entropy"] = args.entropy;
   return json{
       {"command", "run"},
       {"shapes",
@@ -362,6 +368,8 @@ void add_options(CLI::App& cmd, RunArgs& a) {
   a.scale_option = cmd.add_option("--scale", a.scale, "logit scale (default 1/sqrt(Dk))");
   cmd.add_option("--lse", a.lse, "also write the log-sum-exp per row, f32 [B, Hq, Lq]");
   cmd.add_option("--weights", a.weights, "also write the softmax weights, f32 [B, Hq, Lq, Lk]");
+  cmd.add_option("--entropy", a.entropy,
+                 "also write each row's attention entropy (nats), f32 [B, Hq, Lq]");
   cmd.add_option("--threads", a.threads, "threads (0 = all)")->capture_default_str();
   cmd.add_option("--repeat", a.repeat, "run N times, report the median time")
       ->check(CLI::Range(1, 1 << 20))

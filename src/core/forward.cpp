@@ -199,6 +199,10 @@ void run_item(const Problem& p, const Plan& plan, const WorkItem& item, std::int
     blk.lse = &p.lse->at(b, h, i0, 0);
     blk.lse_stride = p.lse->s2;
   }
+  if (p.entropy) {
+    blk.entropy = &p.entropy->at(b, h, i0, 0);
+    blk.entropy_stride = p.entropy->s2;
+  }
   if (p.weights) {
     blk.weights = &p.weights->at(b, h, i0, 0);
     blk.weights_row_stride = p.weights->s2;

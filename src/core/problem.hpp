@@ -31,6 +31,7 @@ struct Problem {
   View4<const float> q, k, v;        // [B, Hq|Hkv, L, D]
   View4<float> out;                  // [B, Hq, Lq, Dv]
   std::optional<View4<float>> lse;   // [B, Hq, Lq] as (b, h, i, 0)
+  std::optional<View4<float>> entropy;  // [B, Hq, Lq] as (b, h, i, 0)
   std::optional<View4<float>> weights;
   std::optional<View4<const std::uint8_t>> mask;  // bool as bytes, broadcast strides
   std::optional<View4<const float>> bias;

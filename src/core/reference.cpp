@@ -16,6 +16,7 @@ Result<T> forward(const Problem& p) {
   r.out.assign(static_cast<std::size_t>(B * Hq * Lq * Dv), T(0));
   r.lse.assign(static_cast<std::size_t>(B * Hq * Lq), neg_inf);
   r.weights.assign(static_cast<std::size_t>(B * Hq * Lq * Lk), T(0));
+  r.entropy.assign(static_cast<std::size_t>(B * Hq * Lq), T(0));
   std::vector<T> logits(static_cast<std::size_t>(Lk));
 
   for (std::int64_t b = 0; b < B; ++b)
@@ -46,6 +47,7 @@ Result<T> forward(const Problem& p) {
         for (std::int64_t j = 0; j < Lk; ++j) {
           const T weight = std::exp(logits[static_cast<std::size_t>(j)] - max_logit) / sum;
           r.weights[static_cast<std::size_t>(row * Lk + j)] = weight;
+          if (weight > 0 || std::isnan(weight)) r.entropy[static_cast<std::size_t>(row)] -= weight * std::log(weight);
           if (!key_visible(p, b, h, i, j)) continue;  // out sums over visible keys only
           for (std::int64_t d = 0; d < Dv; ++d)
             r.out[static_cast<std::size_t>(row * Dv + d)] += weight * T(p.v.at(b, hk, j, d));

@@ -18,6 +18,7 @@ struct Result {
   std::vector<T> out;      // [B, Hq, Lq, Dv] row-major
   std::vector<T> lse;      // [B, Hq, Lq]
   std::vector<T> weights;  // [B, Hq, Lq, Lk]
+  std::vector<T> entropy;  // [B, Hq, Lq]: −Σ p log p (0 for a row with no visible key)
 };
 
 /// Forward attention of a validated problem (its q, k, v, mask, bias, lengths, window, causal, scale)

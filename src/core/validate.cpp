@@ -93,6 +93,23 @@ std::span<const std::int32_t> checked_lengths(std::span<const std::int32_t> leng
   return lengths;
 }
 
+// A per-row output [B, Hq, Lq] (lse, entropy), viewed as (b, h, i, 0).
+View4<float> row_output_view(const Tensor& t, const char* name, const Problem& p) {
+  check_rank(t, name, 3);
+  check_dtype(t, name, DType::f32);
+  check_dim(t, name, 0, "B", p.batch, "q.shape[0]");
+  check_dim(t, name, 1, "Hq", p.heads_q, "q.shape[1]");
+  check_dim(t, name, 2, "Lq", p.len_q, "q.shape[2]");
+  check_writable(t, name);
+  check_data(t, name);
+  View4<float> view;
+  view.data = static_cast<float*>(t.data);
+  view.s0 = t.stride[0];
+  view.s1 = t.stride[1];
+  view.s2 = t.stride[2];
+  return view;
+}
+
 }  // namespace
 
 Problem validate_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Options& options) {
@@ -179,22 +196,8 @@ Problem validate_forward(const Tensor& q, const Tensor& k, const Tensor& v, cons
   check_data(out, "out");
   p.out = view_of<float>(out);
 
-  if (outputs.lse) {
-    const Tensor& lse = *outputs.lse;
-    check_rank(lse, "lse", 3);
-    check_dtype(lse, "lse", DType::f32);
-    check_dim(lse, "lse", 0, "B", p.batch, "q.shape[0]");
-    check_dim(lse, "lse", 1, "Hq", p.heads_q, "q.shape[1]");
-    check_dim(lse, "lse", 2, "Lq", p.len_q, "q.shape[2]");
-    check_writable(lse, "lse");
-    check_data(lse, "lse");
-    View4<float> view;
-    view.data = static_cast<float*>(lse.data);
-    view.s0 = lse.stride[0];
-    view.s1 = lse.stride[1];
-    view.s2 = lse.stride[2];
-    p.lse = view;
-  }
+  if (outputs.lse) p.lse = row_output_view(*outputs.lse, "lse", p);
+  if (outputs.entropy) p.entropy = row_output_view(*outputs.entropy, "entropy", p);
   if (outputs.weights) {
     const Tensor& w = *outputs.weights;
     check_rank(w, "weights", 4);

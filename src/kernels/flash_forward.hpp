@@ -36,6 +36,8 @@ struct QueryBlock {
   std::int64_t out_row_stride = 0, out_col_stride = 0;
   float* lse = nullptr;  // optional
   std::int64_t lse_stride = 0;
+  float* entropy = nullptr;  // optional: −Σ p log p of each row
+  std::int64_t entropy_stride = 0;
   float* weights = nullptr;  // optional [rows][Lk]
   std::int64_t weights_row_stride = 0, weights_col_stride = 0;
   // Keys each row may see from causal / window / lengths (mask.hpp): key_begin[r] <= j < key_end[r].

@@ -36,6 +36,7 @@ struct BlockState {
   float* acc;              // [groups·kMicroRows][dim_v_pad]
   float* row_max;          // m per row (natural-log units of the logits)
   float* row_sum;          // l per row
+  float* row_moment;       // u = Σ p·(t − m) per row (entropy telemetry), or null
 };
 
 void pack_queries(const BlockState& st) {
@@ -83,8 +84,16 @@ void softmax_tile(const BlockState& st, std::int64_t t0, std::int64_t n_keys) {
     // While every key so far is masked the max is −inf; exponentiate against 0 instead so that
     // masked logits give exp(−inf) = 0 rather than exp(−inf + inf) = NaN.
     const float base = new_max == kNegInf ? 0.0f : new_max;
-    const float row_sum = exp_row(st.scores + r * kBlockKeys, n_keys, base);
     const float alpha = __builtin_exp2f((old_max - base) * kLog2e);  // 0 when old_max = −inf
+    float row_sum;
+    if (st.row_moment != nullptr) {
+      // u relative to the new base: α·(u + (m_old − m_new)·l); nothing to carry while l = 0.
+      float& u = st.row_moment[r];
+      u = st.row_sum[r] == 0.0f ? 0.0f : alpha * (u + (old_max - base) * st.row_sum[r]);
+      row_sum = exp_row_with_moment(st.scores + r * kBlockKeys, n_keys, base, &u);
+    } else {
+      row_sum = exp_row(st.scores + r * kBlockKeys, n_keys, base);
+    }
     st.row_sum[r] = st.row_sum[r] * alpha + row_sum;
     st.row_max[r] = new_max;
     if (alpha != 1.0f) {  // lazy rescale: only when the running max grew
@@ -118,6 +127,9 @@ void write_outputs(const BlockState& st) {
     for (std::int64_t d = 0; d < st.shape.dim_v; ++d) out[d * b.out_col_stride] = acc[d] * inv;
     if (b.lse != nullptr)
       b.lse[r * b.lse_stride] = l == 0.0f ? kNegInf : st.row_max[r] + __builtin_logf(l);
+    // H = −Σ (p/l)·log(p/l) = log l − u/l with u = Σ p·(t − m).
+    if (b.entropy != nullptr)
+      b.entropy[r * b.entropy_stride] = l == 0.0f ? 0.0f : __builtin_logf(l) - st.row_moment[r] / l;
   }
 }
 
@@ -154,7 +166,8 @@ void forward_block(const BlockShape& shape, const PackedKeysValues& kv, const Qu
                       round_up(shape.dim_v, kPanel),
                       scratch.q_packed, scratch.scores,
                       scratch.acc,     scratch.row_state,
-                      scratch.row_state + kBlockRows};
+                      scratch.row_state + kBlockRows,
+                      block.entropy != nullptr ? scratch.row_state + 2 * kBlockRows : nullptr};
 
   // The key tiles cover the union of the rows' visible ranges, starting on a panel boundary.
   std::int64_t first = shape.len_k, last = 0;
@@ -170,6 +183,7 @@ void forward_block(const BlockShape& shape, const PackedKeysValues& kv, const Qu
   for (int r = 0; r < kBlockRows; ++r) {
     st.row_max[r] = kNegInf;
     st.row_sum[r] = 0.0f;
+    if (st.row_moment != nullptr) st.row_moment[r] = 0.0f;
   }
   for (std::int64_t t0 = first; t0 < last; t0 += kBlockKeys) {
     const std::int64_t n_keys = min_i64(kBlockKeys, round_up(last - t0, kPanel));

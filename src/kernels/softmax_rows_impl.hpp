@@ -46,6 +46,25 @@ float logits_row(float* row, std::int64_t t0, std::int64_t n_keys, std::int64_t 
   return Simd::reduce_max(vmax);
 }
 
+// Like exp_row, and also adds Σ p·(t − base) to *moment (the entropy's first moment, relative to
+// the base). A masked logit (t = −inf, p = 0) contributes 0, not 0·(−inf): t − base is clamped
+// at −FLT_MAX before the product (NaN still propagates).
+float exp_row_with_moment(float* row, std::int64_t n_keys, float base, float* moment) {
+  const V vbase = Simd::set1(base);
+  const V log2e = Simd::set1(kLog2e);
+  const V lowest = Simd::set1(-3.40282347e38f);
+  V vsum = Simd::zero(), vmoment = Simd::zero();
+  for (std::int64_t c = 0; c < n_keys; c += kLanes) {
+    const V x = Simd::max(lowest, Simd::sub(Simd::load(row + c), vbase));
+    const V p = Simd::exp2(Simd::mul(x, log2e));
+    Simd::store(row + c, p);
+    vsum = Simd::add(vsum, p);
+    vmoment = Simd::fma(p, x, vmoment);
+  }
+  *moment += Simd::reduce_add(vmoment);
+  return Simd::reduce_add(vsum);
+}
+
 // row[c] = exp(row[c] − base) in place; returns the row sum. exp(−inf) = 0, NaN stays NaN.
 float exp_row(float* row, std::int64_t n_keys, float base) {
   const V vbase = Simd::set1(base);
