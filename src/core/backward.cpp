@@ -337,7 +337,7 @@ double run_item(const BackwardProblem& bp, const BackwardPlan& plan,
       t.dk_acc = dk_acc;
       t.dv_acc = dv_acc;
       t.dq_acc = dq_partial + hg * head_dq;
-      t.dscale = &dscale;
+      t.dscale = bp.dscale != nullptr ? &dscale : nullptr;  // raw scores kept only when asked
       for (std::int64_t i0 = 0; i0 < p.len_q; i0 += plan.rows) {
         const int rows = static_cast<int>(std::min(plan.rows, p.len_q - i0));
         if (!tile_visible(rr, i0, rows, t0, t0 + n_keys)) continue;
