@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "bench/bench.hpp"
@@ -42,12 +44,15 @@ std::int64_t calibrate(FmaKernel kernel, double seconds) {
 }
 
 // GFLOP/s of `threads` threads each running the same iteration count: total FLOPs / wall time of
-// the parallel region; median over repetitions after one warm-up (clocks ramp, threads start).
-double measure_kernel(FmaKernel kernel, int threads, const PeakOptions& options) {
+// the parallel region, per repetition after one warm-up (clocks ramp, threads start).
+// Returns {median, fastest}.
+std::pair<double, double> measure_kernel(FmaKernel kernel, int threads,
+                                         const PeakOptions& options) {
   const std::int64_t iterations = calibrate(kernel, options.seconds);
-  std::vector<double> rates;
+  std::vector<double> seconds;
+  double flops = 0;
   for (int rep = -1; rep < std::max(1, options.repeats); ++rep) {
-    double flops = 0;
+    flops = 0;
     const double start = now_seconds();
 #pragma omp parallel num_threads(threads) reduction(+ : flops)
     {
@@ -55,11 +60,10 @@ double measure_kernel(FmaKernel kernel, int threads, const PeakOptions& options)
       flops += kernel(iterations, &sink);
       if (sink == -1.0f) flops = 0;  // never true; keeps the checksum observable
     }
-    const double elapsed = now_seconds() - start;
-    if (rep >= 0) rates.push_back(flops / elapsed * 1e-9);
+    if (rep >= 0) seconds.push_back(now_seconds() - start);
   }
-  std::nth_element(rates.begin(), rates.begin() + rates.size() / 2, rates.end());
-  return rates[rates.size() / 2];
+  const Timing timing = timing_of(std::move(seconds));
+  return {flops / timing.median_s * 1e-9, flops / timing.min_s * 1e-9};
 }
 
 }  // namespace
@@ -69,9 +73,11 @@ PeakMeasurement measure_fma_peak(int threads, const PeakOptions& options) {
   peak.threads = resolve_threads(threads);
   const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   const bool has_avx512 = __builtin_cpu_supports("avx512f");
-  peak.gflops_256 = measure_kernel(has_avx2 ? detail::fma_chains_256 : mul_add_chains_portable,
-                                   peak.threads, options);
-  if (has_avx512) peak.gflops_512 = measure_kernel(detail::fma_chains_512, peak.threads, options);
+  std::tie(peak.gflops_256, peak.best_256) = measure_kernel(
+      has_avx2 ? detail::fma_chains_256 : mul_add_chains_portable, peak.threads, options);
+  if (has_avx512)
+    std::tie(peak.gflops_512, peak.best_512) =
+        measure_kernel(detail::fma_chains_512, peak.threads, options);
   return peak;
 }
 

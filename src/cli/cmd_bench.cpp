@@ -29,10 +29,10 @@ struct BenchArgs {
 using nlohmann::json;
 
 json peak_json(const bench::PeakMeasurement& p) {
-  return {{"threads", p.threads},
-          {"gflops_256", p.gflops_256},
-          {"gflops_512", p.gflops_512},
-          {"gflops", p.gflops()}};
+  return {{"threads", p.threads},          {"gflops_256", p.gflops_256},
+          {"gflops_512", p.gflops_512},    {"gflops", p.gflops()},
+          {"best_gflops_256", p.best_256}, {"best_gflops_512", p.best_512},
+          {"best_gflops", p.best()}};
 }
 
 json row_json(const bench::GridRow& r) {
