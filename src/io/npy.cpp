@@ -20,12 +20,12 @@
 #include <cerrno>
 #include <cstring>
 #include <limits>
-#include <random>
 #include <sstream>
 #include <string_view>
 #include <utility>
 
 #include "core/errors.hpp"
+#include "io/atomic_file.hpp"
 
 namespace sdpa::npy {
 namespace {
@@ -445,19 +445,6 @@ void read_exactly(int fd, std::uint64_t offset, std::byte* out, std::size_t size
   }
 }
 
-bool write_all(int fd, const void* bytes, std::size_t size) {
-  const auto* p = static_cast<const char*>(bytes);
-  while (size > 0) {
-    const ssize_t put = ::write(fd, p, std::min<std::size_t>(size, 1 << 30));
-    if (put < 0 && errno == EINTR) continue;
-    if (put == 0) errno = EIO;
-    if (put <= 0) return false;
-    p += put;
-    size -= static_cast<std::size_t>(put);
-  }
-  return true;
-}
-
 const char* write_descr(DType dtype) {
   switch (dtype) {
     case DType::f32:
@@ -496,35 +483,6 @@ std::string make_header(const char* descr, const std::vector<std::int64_t>& shap
   out += static_cast<char>(dict.size() & 0xff);
   out += static_cast<char>(dict.size() >> 8);
   return out + dict;
-}
-
-/// Opens a new file next to `path` ("<path>.tmp.<random>"), created with mode 0666 & ~umask like
-/// any other new file.
-int create_temp_file(const std::string& path, std::string& temp_path) {
-  std::random_device entropy;
-  std::mt19937_64 generator((static_cast<std::uint64_t>(entropy()) << 32) ^ entropy() ^
-                            static_cast<std::uint64_t>(::getpid()));
-  static const char kAlphabet[] = "abcdefghijklmnopqrstuvwxyz0123456789";
-  for (int attempt = 0; attempt < 100; ++attempt) {
-    temp_path = path + ".tmp.";
-    for (int i = 0; i < 8; ++i) temp_path += kAlphabet[generator() % 36];
-    const int fd = ::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd >= 0 || errno != EEXIST) return fd;
-  }
-  errno = EEXIST;
-  return -1;
-}
-
-/// Flushes the directory holding `path` so the rename itself is durable. Best effort: some file
-/// systems refuse fsync on directories, and the data is already safe.
-void sync_parent_directory(const std::string& path) {
-  const std::size_t slash = path.find_last_of('/');
-  const std::string directory =
-      slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-  const int fd = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;
-  (void)::fsync(fd);
-  ::close(fd);
 }
 
 void validate_for_write(const std::string& path, const Array& array) {
@@ -642,25 +600,8 @@ void write(const std::string& path, const Array& array) {
   }
   const std::vector<std::byte>& data = swapped.empty() ? array.data : swapped;
 
-  std::string temp_path;
-  FileDescriptor file(create_temp_file(path, temp_path));
-  if (file.get() < 0) io_fail(path, "cannot create temporary file ", temp_path, ": ", errno_text());
-  const char* failed = nullptr;
-  if (!write_all(file.get(), header.data(), header.size()) ||
-      !write_all(file.get(), data.data(), data.size()))
-    failed = "write";
-  else if (::fsync(file.get()) != 0)
-    failed = "fsync";
-  else if (!file.close())
-    failed = "close";
-  else if (::rename(temp_path.c_str(), path.c_str()) != 0)
-    failed = "rename";
-  if (failed != nullptr) {
-    const std::string reason = errno_text();
-    ::unlink(temp_path.c_str());
-    io_fail(path, failed, " failed: ", reason, " (nothing written)");
-  }
-  sync_parent_directory(path);
+  io::write_file_atomically(
+      path, {header, std::string_view(reinterpret_cast<const char*>(data.data()), data.size())});
 }
 
 std::vector<float> to_f32(const Array& array) {
