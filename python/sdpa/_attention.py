@@ -1,0 +1,418 @@
+"""The torch-style front end: argument handling around the library's forward and backward.
+
+Every array is turned into a float32 NumPy view (zero-copy for float32 NumPy arrays and for
+DLPack-capable CPU arrays such as torch tensors and JAX arrays, any strides), reshaped to the
+library's [B, H, L, D] rank by adding or merging leading dimensions, and handed to the C++ library,
+whose own validate() checks every shape and value (its messages arrive as ValueError).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _core
+
+_CONVERTED_FLOATS = (np.dtype(np.float64), np.dtype(np.float16))
+_ALIGNMENTS = ("top_left", "bottom_right")
+
+
+# ---- arrays ---------------------------------------------------------------------------------------
+
+
+def _as_numpy(array: Any, name: str) -> np.ndarray:
+    """A NumPy view of `array` without a copy where the producer allows one."""
+    if isinstance(array, np.ndarray):
+        return array
+    if getattr(array, "requires_grad", False) and hasattr(array, "detach"):
+        array = array.detach()  # torch refuses to export a tensor that requires grad
+    if hasattr(array, "__dlpack__"):
+        try:
+            return np.from_dlpack(array)
+        except (TypeError, BufferError, RuntimeError, ValueError) as error:
+            raise TypeError(
+                f"{name}: cannot read this {type(array).__name__} through DLPack ({error}); "
+                "expected a CPU array of float32 (or float64/float16, converted)"
+            ) from error
+    try:
+        return np.asarray(array)
+    except Exception as error:  # noqa: BLE001 - whatever NumPy refused, report it as a type error
+        raise TypeError(f"{name}: cannot be read as an array: {error}") from error
+
+
+def _float32(array: Any, name: str) -> np.ndarray:
+    """float32 as is (any strides, no copy); float64 and float16 converted; anything else refused."""
+    array = _as_numpy(array, name)
+    if array.dtype == np.float32:
+        return array
+    if array.dtype in _CONVERTED_FLOATS:
+        return array.astype(np.float32)
+    raise TypeError(
+        f"{name}.dtype: expected float32 (float64 and float16 are converted), got {array.dtype}"
+    )
+
+
+def _lengths(lengths: Any, name: str) -> Optional[np.ndarray]:
+    if lengths is None:
+        return None
+    array = _as_numpy(lengths, name)
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"{name}.dtype: expected integers, got {array.dtype}")
+    array = array.reshape(-1)
+    if array.size and (array.min() < 0 or array.max() > np.iinfo(np.int32).max):
+        bad = array[(array < 0) | (array > np.iinfo(np.int32).max)][0]
+        raise ValueError(f"{name}: {bad} is out of range (expected 0 <= length < 2**31)")
+    return np.ascontiguousarray(array, dtype=np.int32)
+
+
+# ---- ranks: (..., H, L, D) <-> [B, H, L, D] -------------------------------------------------------
+
+
+def _batched(array: np.ndarray, name: str, tail: int = 3) -> np.ndarray:
+    """The library's rank (tail + 1): one leading batch dimension B.
+
+    (L, D) -> [1, 1, L, D], (H, L, D) -> [1, H, L, D], (*lead, H, L, D) -> [prod(lead), H, L, D]
+    (a view whenever the strides allow one); likewise with tail=2 for per-row arrays (..., H, L).
+    """
+    rank = tail + 1
+    if array.ndim < tail - 1:
+        raise ValueError(f"{name}.shape = {array.shape}: expected at least {tail - 1} dimensions")
+    if array.ndim <= rank:
+        return array[(None,) * (rank - array.ndim)]
+    batch = int(np.prod(array.shape[:-tail]))
+    return array.reshape((batch,) + array.shape[-tail:])
+
+
+def _rank4(array: np.ndarray, name: str) -> np.ndarray:
+    if array.ndim < 2:
+        raise ValueError(f"{name}.shape = {array.shape}: expected (..., L, E), at least 2 dimensions")
+    return _batched(array, name)
+
+
+def _copy_back(view: np.ndarray, array: np.ndarray) -> None:
+    """Where `view` had to be a copy of `array` (leading dimensions that do not merge), copy back."""
+    if not np.shares_memory(view, array):
+        array[...] = view.reshape(array.shape)
+
+
+def _leading(query: np.ndarray, others: Sequence[Tuple[str, np.ndarray]]) -> Tuple[int, ...]:
+    """The leading (batch) shape of the query; key and value must have the same rank and lead."""
+    lead = query.shape[:-3] if query.ndim >= 3 else ()
+    for name, array in others:
+        if array.ndim != query.ndim:
+            raise ValueError(
+                f"{name}.ndim = {array.ndim} does not match query.ndim = {query.ndim} "
+                f"(shapes {array.shape} and {query.shape})"
+            )
+        if array.ndim > 4 and array.shape[:-3] != lead:
+            raise ValueError(
+                f"{name}.shape[:-3] = {array.shape[:-3]} does not match query.shape[:-3] = {lead}"
+            )
+    return lead
+
+
+def _mask4(mask: np.ndarray, query: np.ndarray, lq: int, lk: int) -> np.ndarray:
+    """The mask or bias as the library takes it: rank <= 4, right-aligned against [B, Hq, Lq, Lk]."""
+    while mask.ndim > max(query.ndim, 1) and mask.shape[0] == 1:
+        mask = mask[0]
+    if mask.ndim > query.ndim:
+        raise ValueError(
+            f"attn_mask.shape = {mask.shape}: more dimensions than query.shape = {query.shape}"
+        )
+    if query.ndim <= 4:
+        return mask
+    # Leading dimensions beyond the library's B: broadcast them to the query's, then merge.
+    full = query.shape[:-3] + (query.shape[-3], lq, lk)
+    padded = mask.reshape((1,) * (len(full) - mask.ndim) + mask.shape)
+    target = query.shape[:-3] + padded.shape[-3:]
+    try:
+        merged = np.broadcast_to(padded, target)
+    except ValueError as error:
+        raise ValueError(
+            f"attn_mask.shape = {mask.shape} cannot broadcast to {full}: {error}"
+        ) from error
+    return merged.reshape((int(np.prod(query.shape[:-3])),) + merged.shape[-3:])
+
+
+def _unbroadcast(grad: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
+    """Sum `grad` down to `shape` (the gradient of a broadcast)."""
+    while grad.ndim > len(shape):
+        grad = grad.sum(axis=0)
+    grad = grad.reshape((1,) * (len(shape) - grad.ndim) + grad.shape)
+    for axis, size in enumerate(shape):
+        if size == 1 and grad.shape[axis] != 1:
+            grad = grad.sum(axis=axis, keepdims=True)
+    return grad.reshape(shape)
+
+
+# ---- options ----------------------------------------------------------------------------------------
+
+
+class _Call:
+    """One call's arguments, resolved for the library: rank-4 views and keyword options."""
+
+    def __init__(
+        self,
+        query: Any,
+        key: Any,
+        value: Any,
+        attn_mask: Any,
+        dropout_p: float,
+        is_causal: bool,
+        scale: Optional[float],
+        enable_gqa: bool,
+        causal_alignment: str,
+        window: Optional[Tuple[Optional[int], Optional[int]]],
+        key_lengths: Any,
+        query_lengths: Any,
+        threads: Optional[int],
+    ) -> None:
+        if dropout_p != 0.0:
+            raise ValueError(
+                f"dropout_p = {dropout_p}: sdpa has no dropout yet; pass dropout_p=0.0 "
+                "(for inference, or apply dropout outside attention)"
+            )
+        if causal_alignment not in _ALIGNMENTS:
+            raise ValueError(
+                f"causal_alignment = {causal_alignment!r}: expected 'top_left' or 'bottom_right'"
+            )
+        self.query = _float32(query, "query")
+        self.key = _float32(key, "key")
+        self.value = _float32(value, "value")
+        self.lead = _leading(self.query, [("key", self.key), ("value", self.value)])
+        self.q, self.k, self.v = (_rank4(a, n) for a, n in
+                                  ((self.query, "query"), (self.key, "key"), (self.value, "value")))
+        heads_q, heads_kv = self.q.shape[1], self.k.shape[1]
+        if not enable_gqa and heads_kv not in (heads_q, 1):
+            # torch: without enable_gqa the head dimensions must match (or broadcast from 1).
+            raise ValueError(
+                f"key.shape[-3] (Hkv) = {heads_kv} does not match query.shape[-3] (Hq) = {heads_q}; "
+                "pass enable_gqa=True for grouped-query attention"
+            )
+        self.options: dict = {"threads": _threads(threads)}
+        if scale is not None:
+            self.options["scale"] = float(scale)
+        self.options["causal"] = causal_alignment if is_causal else "none"
+        if window is not None:
+            if causal_alignment == "bottom_right" and not is_causal:
+                raise ValueError(
+                    "window with causal_alignment='bottom_right' needs is_causal=True: the library "
+                    "aligns a window bottom-right only together with the causal mask"
+                )
+            self.options["window"] = _window(window)
+        self.mask_shape: Optional[Tuple[int, ...]] = None
+        if attn_mask is not None:
+            mask = _as_numpy(attn_mask, "attn_mask")
+            if mask.dtype == np.bool_:
+                self.options["mask"] = _mask4(mask, self.query, self.q.shape[2], self.k.shape[2])
+            else:
+                mask = _float32(mask, "attn_mask")  # dtype check: float, else TypeError
+                self.mask_shape = mask.shape
+                self.options["bias"] = _mask4(mask, self.query, self.q.shape[2], self.k.shape[2])
+        kl = _lengths(key_lengths, "key_lengths")
+        ql = _lengths(query_lengths, "query_lengths")
+        if kl is not None:
+            self.options["key_lengths"] = kl
+        if ql is not None:
+            self.options["query_lengths"] = ql
+
+    def shaped(self, array: np.ndarray) -> np.ndarray:
+        """A library result ([B, H, L, X] or [B, H, L]) in the caller's leading shape."""
+        rank = self.query.ndim
+        if rank <= 4:
+            return array.reshape(array.shape[4 - rank :])
+        return array.reshape(self.lead + array.shape[1:])
+
+
+def _threads(threads: Optional[int]) -> int:
+    if threads is None:
+        return 0
+    if not isinstance(threads, numbers.Integral) or isinstance(threads, bool):
+        raise TypeError(f"threads: expected an int or None, got {type(threads).__name__}")
+    return int(threads)
+
+
+def _window(window: Any) -> Tuple[int, int]:
+    try:
+        left, right = window
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"window = {window!r}: expected (left, right), each an int >= 0 or None (unbounded)"
+        ) from error
+    sides = []
+    for side_name, side in (("left", left), ("right", right)):
+        if side is None:
+            sides.append(-1)
+        elif isinstance(side, numbers.Integral) and not isinstance(side, bool):
+            sides.append(int(side))
+        else:
+            raise TypeError(f"window.{side_name} = {side!r}: expected an int >= 0 or None")
+    return sides[0], sides[1]
+
+
+# ---- the public functions ---------------------------------------------------------------------------
+
+
+def scaled_dot_product_attention(
+    query: Any,
+    key: Any,
+    value: Any,
+    attn_mask: Any = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: Optional[float] = None,
+    enable_gqa: bool = False,
+    *,
+    causal_alignment: str = "top_left",
+    window: Optional[Tuple[Optional[int], Optional[int]]] = None,
+    key_lengths: Any = None,
+    query_lengths: Any = None,
+    return_lse: bool = False,
+    return_weights: bool = False,
+    threads: Optional[int] = None,
+    out: Optional[np.ndarray] = None,
+) -> Union[np.ndarray, Tuple[np.ndarray, ...]]:
+    """softmax(query @ key.T * scale + mask) @ value, exactly, on CPU; the torch function's semantics.
+
+    Args:
+        query: (..., Hq, Lq, E) array: NumPy, or any DLPack-capable CPU array (torch, JAX).
+            float32 is read in place whatever its strides (negative and zero strides included);
+            float64 and float16 are converted to float32 (a copy). Shapes (Lq, E) and (Hq, Lq, E)
+            are allowed, as are leading batch dimensions beyond one.
+        key: (..., Hkv, Lk, E), same rank and leading shape as query.
+        value: (..., Hkv, Lk, Ev).
+        attn_mask: broadcastable to (..., Hq, Lq, Lk). bool: True = attend (as in torch);
+            a float array is added to the scaled scores (-inf hides a key).
+        dropout_p: must be 0.0 (sdpa has no dropout; anything else raises ValueError).
+        is_causal: hide keys after each query's diagonal position: top-left aligned as in torch
+            (query i sees keys j <= i), or bottom-right with causal_alignment="bottom_right"
+            (query i sees keys j <= i + Lk - Lq: the KV-cache case). Unlike torch, it may be
+            combined with attn_mask.
+        scale: factor applied to query @ key.T; default 1/sqrt(E).
+        enable_gqa: grouped-query attention: Hq a multiple of Hkv, query head h reading key/value
+            head h // (Hq // Hkv). Without it Hkv must equal Hq (or be 1, which broadcasts), as in
+            torch.
+        causal_alignment: "top_left" (default, torch) or "bottom_right".
+        window: (left, right): query at diagonal position p sees keys p - left .. p + right;
+            None on a side means unbounded.
+        key_lengths: B integers (B = the product of the leading dimensions, 1 for rank 3): keys
+            j >= key_lengths[b] are padding.
+        query_lengths: B integers: rows i >= query_lengths[b] are padding (output 0, lse -inf).
+        return_lse: also return the natural-log log-sum-exp of each row, (..., Hq, Lq).
+        return_weights: also return the softmax weights, (..., Hq, Lq, Lk) (O(L^2) memory).
+        threads: OpenMP threads; None = all. Results are bitwise identical for any count.
+        out: a float32 NumPy array of the output's shape to write into (any strides).
+
+    Returns:
+        The output, a float32 NumPy array of shape (..., Hq, Lq, Ev); with return_lse or
+        return_weights, a tuple (out, lse) / (out, weights) / (out, lse, weights). A row that sees
+        no key gives output 0 and lse -inf, never NaN.
+
+    Raises:
+        TypeError: an input of an unsupported dtype (integers, complex, bfloat16, ...).
+        ValueError: bad shapes or values, with the library's message naming the argument.
+    """
+    call = _Call(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                 causal_alignment, window, key_lengths, query_lengths, threads)
+    b, hq, lq, _ = call.q.shape
+    lk, dv = call.k.shape[2], call.v.shape[3]
+    if out is None:
+        out4 = np.empty((b, hq, lq, dv), dtype=np.float32)
+    else:
+        if not isinstance(out, np.ndarray):
+            out = _as_numpy(out, "out")
+        if out.dtype != np.float32:
+            raise TypeError(f"out.dtype: expected float32, got {out.dtype}")
+        if not out.flags.writeable:
+            raise ValueError("out: expected a writable array, got a read-only one")
+        if out.ndim != call.query.ndim:
+            raise ValueError(f"out.ndim = {out.ndim} does not match query.ndim = {call.query.ndim}")
+        out4 = _batched(out, "out")
+    lse = np.empty((b, hq, lq), dtype=np.float32) if return_lse else None
+    weights = np.empty((b, hq, lq, lk), dtype=np.float32) if return_weights else None
+    _core.forward(call.q, call.k, call.v, out4, lse=lse, weights=weights, **call.options)
+    if out is None:
+        result = call.shaped(out4)
+    else:
+        _copy_back(out4, out)
+        result = out
+    if not (return_lse or return_weights):
+        return result
+    extras = []
+    if lse is not None:
+        extras.append(call.shaped(lse))
+    if weights is not None:
+        extras.append(call.shaped(weights))
+    return (result, *extras)
+
+
+def attention_backward(
+    grad_output: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attn_mask: Any = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: Optional[float] = None,
+    enable_gqa: bool = False,
+    *,
+    output: Any = None,
+    lse: Any = None,
+    causal_alignment: str = "top_left",
+    window: Optional[Tuple[Optional[int], Optional[int]]] = None,
+    key_lengths: Any = None,
+    query_lengths: Any = None,
+    return_dbias: bool = False,
+    return_dscale: bool = False,
+    threads: Optional[int] = None,
+) -> Tuple[Any, ...]:
+    """Gradients of scaled_dot_product_attention: (dq, dk, dv[, dbias][, dscale]).
+
+    grad_output is dL/d(out), shaped like the output. The arguments from query to threads are
+    those of the forward call and mean the same. `output` and `lse` are that call's results
+    (scaled_dot_product_attention(..., return_lse=True)); when both are None the forward is run
+    here first. The backward is exact (FlashAttention-2 recomputation from lse, O(L) memory) and
+    bitwise identical for any thread count.
+
+    Returns:
+        dq, dk, dv: float32 arrays shaped like query, key and value (dk and dv summed over the
+        query heads of a GQA group); then dbias when return_dbias (the gradient of a float
+        attn_mask, shaped like it, summed over its broadcast dimensions), then dscale when
+        return_dscale (dL/d(scale), a float).
+
+    Raises:
+        TypeError / ValueError: as scaled_dot_product_attention; ValueError also when only one of
+        output and lse is given, or return_dbias without a float attn_mask.
+    """
+    call = _Call(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                 causal_alignment, window, key_lengths, query_lengths, threads)
+    if (output is None) != (lse is None):
+        raise ValueError("output and lse: give both (the forward's results) or neither")
+    if return_dbias and call.mask_shape is None:
+        raise ValueError("return_dbias: needs a float attn_mask (an additive bias) to differentiate")
+    if output is None:
+        b, hq, lq, _ = call.q.shape
+        out4 = np.empty((b, hq, lq, call.v.shape[3]), dtype=np.float32)
+        lse3 = np.empty((b, hq, lq), dtype=np.float32)
+        _core.forward(call.q, call.k, call.v, out4, lse=lse3, **call.options)
+    else:
+        out4 = _rank4(_float32(output, "output"), "output")
+        lse3 = _batched(_float32(lse, "lse"), "lse", tail=2)
+    dout4 = _rank4(_float32(grad_output, "grad_output"), "grad_output")
+    dq = np.empty(call.q.shape, dtype=np.float32)
+    dk = np.empty(call.k.shape, dtype=np.float32)
+    dv = np.empty(call.v.shape, dtype=np.float32)
+    dbias = np.empty(call.options["bias"].shape, dtype=np.float32) if return_dbias else None
+    dscale = _core.backward(call.q, call.k, call.v, out4, dout4, lse3, dq, dk, dv,
+                            dbias=dbias, dscale=return_dscale, **call.options)
+    grads: list = [call.shaped(dq), call.shaped(dk), call.shaped(dv)]
+    if dbias is not None:
+        assert call.mask_shape is not None
+        grads.append(_unbroadcast(dbias.reshape(call.lead + dbias.shape[1:])
+                                  if call.query.ndim > 4 else dbias, call.mask_shape))
+    if return_dscale:
+        grads.append(float(dscale))
+    return tuple(grads)
