@@ -332,6 +332,16 @@ TEST_F(Validate, ZeroStrideOnASizeOneOutputDimensionIsAccepted) {
   EXPECT_NO_THROW(validate_forward(q, k, v, options, outputs));
 }
 
+TEST_F(Validate, ZeroStridesOnAnEmptyOutputAreAccepted) {
+  // NumPy gives an array with a zero-size dimension zero strides; nothing is written to it.
+  q.shape[2] = 0;
+  outputs.out.shape[2] = 0;
+  outputs.out.stride = {0, 0, 0, 0};
+  outputs.lse.reset();
+  outputs.weights.reset();
+  EXPECT_NO_THROW(validate_forward(q, k, v, options, outputs));
+}
+
 TEST_F(Validate, NullOutputDataIsRejected) {
   outputs.out.data = nullptr;
   expect_error({"out.data", "null"});

@@ -39,7 +39,9 @@ void check_dim(const Tensor& t, const char* name, int d, const char* what, std::
 }
 
 // Outputs must not write one element twice: a zero stride on a dimension longer than 1 would.
+// An empty output is never written (NumPy gives such arrays zero strides).
 void check_writable(const Tensor& t, const char* name) {
+  if (t.numel() == 0) return;
   for (int d = 0; d < t.rank; ++d)
     if (t.shape[d] > 1 && t.stride[d] == 0)
       fail(name, ".stride[", d, "] = 0 on a dimension of size ", t.shape[d],
