@@ -87,9 +87,11 @@ void softmax_tile(const BlockState& st, std::int64_t t0, std::int64_t n_keys) {
     const float alpha = __builtin_exp2f((old_max - base) * kLog2e);  // 0 when old_max = −inf
     float row_sum;
     if (st.row_moment != nullptr) {
-      // u relative to the new base: α·(u + (m_old − m_new)·l); nothing to carry while l = 0.
+      // u relative to the new base: α·(u + (m_old − m_new)·l); nothing to carry while l = 0, nor
+      // when α = 0 (the max grew past exp's range; (m_old − m_new)·l may even overflow to −inf).
       float& u = st.row_moment[r];
-      u = st.row_sum[r] == 0.0f ? 0.0f : alpha * (u + (old_max - base) * st.row_sum[r]);
+      const bool carry = st.row_sum[r] != 0.0f && alpha != 0.0f;
+      u = carry ? alpha * (u + (old_max - base) * st.row_sum[r]) : 0.0f;
       row_sum = exp_row_with_moment(st.scores + r * kBlockKeys, n_keys, base, &u);
     } else {
       row_sum = exp_row(st.scores + r * kBlockKeys, n_keys, base);
