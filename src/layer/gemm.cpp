@@ -42,3 +42,9 @@ void column_sums(const float* rows, std::int64_t m, std::int64_t n, float* sums)
 }
 
 }  // namespace sdpa::layer
+
+namespace sdpa::layer {
+
+void set_blas_threads(int threads) { openblas_set_num_threads(threads); }
+
+}  // namespace sdpa::layer

@@ -19,3 +19,10 @@ void add_to_rows(float* rows, const float* vector, std::int64_t m, std::int64_t 
 void column_sums(const float* rows, std::int64_t m, std::int64_t n, float* sums);
 
 }  // namespace sdpa::layer
+
+namespace sdpa::layer {
+
+/// Threads OpenBLAS may use for gemm() from now on (process-wide).
+void set_blas_threads(int threads);
+
+}  // namespace sdpa::layer
