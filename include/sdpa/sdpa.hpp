@@ -21,6 +21,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
+#include <new>
 #include <optional>
 #include <span>
 #include <stdexcept>
@@ -32,6 +33,18 @@ namespace sdpa {
 class Error : public std::invalid_argument {
  public:
   using std::invalid_argument::invalid_argument;
+};
+
+/// Thrown when memory the library needs cannot be allocated (scratch workspace): the message names
+/// the bytes and what they were for. A std::bad_alloc, so generic out-of-memory handling (and
+/// Python's MemoryError) catches it; nothing has been written to any output when it is thrown.
+class OutOfMemory : public std::bad_alloc {
+ public:
+  explicit OutOfMemory(const std::string& message) : message_(message) {}
+  const char* what() const noexcept override { return message_.what(); }
+
+ private:
+  std::runtime_error message_;  // copying it cannot throw (a std::string member could)
 };
 
 enum class DType : std::uint8_t { f32, f64, f16, bf16, boolean, i32, i64 };

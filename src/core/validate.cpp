@@ -11,6 +11,18 @@
 namespace sdpa {
 namespace {
 
+std::string shape_text(const Tensor& t) {
+  std::string text = "[";
+  for (int d = 0; d < t.rank; ++d) text += (d ? ", " : "") + std::to_string(t.shape[d]);
+  return text + "]";
+}
+
+std::string stride_text(const Tensor& t) {
+  std::string text = "[";
+  for (int d = 0; d < t.rank; ++d) text += (d ? ", " : "") + std::to_string(t.stride[d]);
+  return text + "]";
+}
+
 void check_rank(const Tensor& t, const char* name, int rank) {
   if (t.rank != rank)
     fail(name, ".rank: expected ", rank, " (", rank == 4 ? "[B, H, L, D]" : "[B, H, L]", "), got ",
@@ -22,7 +34,36 @@ void check_dtype(const Tensor& t, const char* name, DType dtype) {
     fail(name, ".dtype: expected ", dtype_name(dtype), ", got ", dtype_name(t.dtype));
 }
 
+// Every index computation on a view must be exact in int64, and so must every size derived from
+// it (padding, packed copies, bytes of scratch): a view may have at most 2^52 logical elements
+// (16 PiB of f32; only zero strides get near that) and its farthest element must lie within 2^62
+// elements of its origin. Extents must already be known to be >= 0.
+constexpr std::int64_t kMaxElements = std::int64_t{1} << 52;
+constexpr std::int64_t kMaxReach = std::int64_t{1} << 62;
+
+void check_index_range(const Tensor& t, const char* name) {
+  std::int64_t elements = 1, reach = 0;  // reach = Σ |stride|·(extent − 1)
+  bool too_many = false, too_far = false;
+  for (int d = 0; d < t.rank; ++d) {
+    if (t.shape[d] == 0) return;  // empty: no element is ever addressed
+    too_many |= __builtin_mul_overflow(elements, t.shape[d], &elements) || elements > kMaxElements;
+    if (t.shape[d] == 1) continue;  // its stride is never used
+    const std::int64_t stride = t.stride[d];
+    std::int64_t step = 0;
+    too_far |= stride < -kMaxReach || stride > kMaxReach ||
+               __builtin_mul_overflow(stride < 0 ? -stride : stride, t.shape[d] - 1, &step) ||
+               __builtin_add_overflow(reach, step, &reach) || reach > kMaxReach;
+  }
+  if (too_many)
+    fail(name, ".shape: more than 2^52 elements (", shape_text(t), "); expected at most 2^52");
+  if (too_far)
+    fail(name, ".stride: the last element lies more than 2^62 elements from the first (strides ",
+         stride_text(t), ")");
+}
+
+// The pointer of a view, after its extents were checked: null only when it has no element.
 void check_data(const Tensor& t, const char* name) {
+  check_index_range(t, name);
   if (t.data == nullptr && t.numel() > 0) fail(name, ".data: expected a non-null pointer, got null");
 }
 

@@ -2,10 +2,15 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <iomanip>
+#include <limits>
 #include <mutex>
 #include <new>
+#include <sstream>
 #include <utility>
 #include <vector>
+
+#include "sdpa/sdpa.hpp"
 
 namespace sdpa {
 namespace {
@@ -43,6 +48,15 @@ void give_back(void* data, std::size_t bytes) {
   }
 }
 
+[[noreturn]] void out_of_memory(std::size_t bytes) {
+  std::ostringstream message;
+  message << "cannot allocate " << bytes << " bytes (" << std::setprecision(3)
+          << static_cast<double>(bytes) / (1 << 30)
+          << " GiB) of scratch memory for this call (a smaller options.workspace_limit processes "
+             "fewer (batch, head) groups at a time)";
+  throw OutOfMemory(message.str());
+}
+
 }  // namespace
 
 Workspace::Workspace(Workspace&& other) noexcept
@@ -62,6 +76,7 @@ Workspace::~Workspace() {
 }
 
 Workspace acquire_workspace(std::size_t bytes) {
+  if (bytes > std::numeric_limits<std::size_t>::max() - 63) out_of_memory(bytes);
   bytes = std::max<std::size_t>(64, (bytes + 63) / 64 * 64);
   {
     Pool& p = pool();
@@ -79,7 +94,7 @@ Workspace acquire_workspace(std::size_t bytes) {
     }
   }
   void* data = std::aligned_alloc(64, bytes);
-  if (data == nullptr) throw std::bad_alloc();
+  if (data == nullptr) out_of_memory(bytes);
   return Workspace(data, bytes);
 }
 

@@ -33,7 +33,7 @@ class Workspace {
 };
 
 /// A workspace of at least `bytes` bytes (a pooled one when one is big enough). Throws
-/// std::bad_alloc when memory cannot be had.
+/// sdpa::OutOfMemory (a std::bad_alloc naming the bytes) when memory cannot be had.
 Workspace acquire_workspace(std::size_t bytes);
 
 /// Frees every pooled buffer (memory held between calls).
