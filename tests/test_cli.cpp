@@ -3,8 +3,14 @@
 // and the promise that a failing run leaves no output file (and no temporary file) behind.
 #ifdef SDPA_CLI_PATH
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <thread>
 
 #include <cstdint>
 #include <cstdlib>
@@ -17,6 +23,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/problem.hpp"
@@ -396,7 +403,9 @@ TEST_F(Cli, InputOfWrongRankExits2) {
 TEST_F(Cli, IntegerInputExits2) {
   write_qkv(random_qkv(1, 1, 1, 4, 4, 4, 4));
   write("v.npy", array_of(DType::i32, {1, 1, 4, 4}, std::vector<std::int32_t>(16, 1)));
-  expect_failure(run(qkv_arguments()), 2, "--v");
+  const CliResult r = run(qkv_arguments());
+  expect_failure(r, 2, "--v");
+  EXPECT_NE(r.err.find(path("v.npy")), std::string::npos) << r.err;
 }
 
 TEST_F(Cli, BadWindowValuesExit2) {
@@ -545,6 +554,138 @@ TEST_F(Cli, DemoRejectsZeroDimension) { expect_failure(run("demo --dim 0"), 2, "
 
 TEST_F(Cli, DemoRejectsKvHeadsNotDividingHeads) {
   expect_failure(run("demo --heads 8 --kv-heads 3"), 2, "--kv-heads");
+}
+
+// ---- reliability: every exit code, malformed files, out of memory, killed writes ------------------
+
+// Exit codes (README, "Exit codes"): 0 success, 1 I/O, 2 arguments, 3 not enough memory. 0, 1 and 2
+// are exercised above; these add the malformed-file cases of 1 and the memory case of 3.
+
+TEST_F(Cli, InputThatIsADirectoryExits1AndNamesIt) {
+  write_qkv(random_qkv(1, 1, 1, 4, 4, 4, 4));
+  fs::create_directory(path("dir.npy"));
+  inputs_.insert("dir.npy");
+  expect_failure(run(qkv_arguments() + " --bias '" + path("dir.npy") + "'"), 1, path("dir.npy"));
+}
+
+TEST_F(Cli, UnreadableInputExits1AndNamesIt) {
+  if (::geteuid() == 0) GTEST_SKIP() << "root reads files whatever their permissions";
+  write_qkv(random_qkv(1, 1, 1, 4, 4, 4, 4));
+  fs::permissions(path("k.npy"), fs::perms::none);
+  const CliResult r = run(qkv_arguments());
+  fs::permissions(path("k.npy"), fs::perms::owner_all);
+  expect_failure(r, 1, path("k.npy"));
+}
+
+TEST_F(Cli, MalformedNpyFilesExit1AndNameTheFile) {
+  write_qkv(random_qkv(1, 1, 1, 4, 4, 4, 4));
+  const std::string good = read_text(path("q.npy"));
+  std::string huge_header("\x93NUMPY\x02\x00\xff\xff\xff\x7f", 12);  // v2, 2 GiB header length
+  huge_header += std::string(64, ' ');
+  std::string bad_descr = good;
+  bad_descr.replace(bad_descr.find("<f4"), 3, "<c8");
+  const std::pair<std::string, std::string> cases[] = {
+      {huge_header, "exceeds the limit"},
+      {good + '\0', "trailing bytes"},
+      {"GIF89a" + good.substr(6), "bad magic"},
+      {bad_descr, "unsupported descr '<c8'"},
+      {good.substr(0, 20), "truncated"},
+  };
+  for (const auto& [bytes, why] : cases) {
+    { std::ofstream(path("q.npy"), std::ios::binary) << bytes; }
+    const CliResult r = run(qkv_arguments());
+    expect_failure(r, 1, path("q.npy"));
+    EXPECT_NE(r.err.find(why), std::string::npos) << r.err;
+  }
+}
+
+TEST_F(Cli, WeightsLargerThanMemoryExit3BeforeAnythingIsAllocated) {
+  // Lq = Lk = 2^19: the weights would be 2^38 floats (1 TiB); the inputs are 2 MiB each.
+  const std::int64_t n = std::int64_t{1} << 19;
+  for (const char* name : {"q.npy", "k.npy", "v.npy"})
+    write_f32(name, {1, 1, n, 1}, std::vector<float>(static_cast<std::size_t>(n), 0.5f));
+  const auto start = std::chrono::steady_clock::now();
+  const CliResult r = run(qkv_arguments() + " --weights '" + path("w.npy") + "'");
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  expect_failure(r, 3, "--weights " + path("w.npy") + " [1, 1, 524288, 524288] 1099511627776 bytes");
+  EXPECT_NE(r.err.find("of memory"), std::string::npos) << r.err;
+  EXPECT_LT(seconds, 30.0) << "the check must come before the computation";
+}
+
+// Starts the tool with `arguments` (no shell), stdout and stderr discarded; returns its pid.
+pid_t spawn_cli(const std::vector<std::string>& arguments) {
+  std::vector<std::string> owned{SDPA_CLI_PATH};
+  owned.insert(owned.end(), arguments.begin(), arguments.end());
+  std::vector<char*> argv;
+  for (std::string& a : owned) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) {  // only async-signal-safe calls until exec
+    const int null = ::open("/dev/null", O_WRONLY);
+    ::dup2(null, 1);
+    ::dup2(null, 2);
+    ::execv(SDPA_CLI_PATH, argv.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+bool has_file_starting_with(const fs::path& directory, const std::string& prefix) {
+  for (const auto& entry : fs::directory_iterator(directory))
+    if (entry.path().filename().string().rfind(prefix, 0) == 0) return true;
+  return false;
+}
+
+// SIGKILL at the moment the weights' temporary file appears (plus `delay`); returns whether the
+// process was still running then (the kill landed during the write).
+bool kill_during_write(const std::vector<std::string>& arguments, const fs::path& directory,
+                       std::chrono::microseconds delay) {
+  const pid_t pid = spawn_cli(arguments);
+  int status = 0;
+  while (::waitpid(pid, &status, WNOHANG) == 0) {
+    if (has_file_starting_with(directory, "w.npy.tmp.")) {
+      std::this_thread::sleep_for(delay);
+      const bool running = ::waitpid(pid, &status, WNOHANG) == 0;
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      return running;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+  return false;
+}
+
+// The file is byte for byte `old`, or a complete .npy of `shape` (never a partial one).
+::testing::AssertionResult old_or_complete(const std::string& file, const std::string& old,
+                                           const Shape& shape) {
+  if (read_text(file) == old) return ::testing::AssertionSuccess();
+  try {
+    const sdpa::npy::Array array = sdpa::npy::read(file);
+    if (array.shape == shape) return ::testing::AssertionSuccess();
+    return ::testing::AssertionFailure() << file << " has another shape";
+  } catch (const sdpa::npy::IoError& e) {
+    return ::testing::AssertionFailure() << file << " is neither the old file nor complete: " << e.what();
+  }
+}
+
+TEST_F(Cli, KilledWhileWritingLeavesEachOutputOldOrComplete) {
+  // Weights [1, 1, 4096, 8192]: 128 MiB to write, long enough to be caught in the act.
+  write_f32("q.npy", {1, 1, 4096, 1}, std::vector<float>(4096, 0.5f));
+  write_f32("k.npy", {1, 1, 8192, 1}, std::vector<float>(8192, 0.25f));
+  write_f32("v.npy", {1, 1, 8192, 1}, std::vector<float>(8192, 1.0f));
+  const std::vector<std::string> arguments{"run", "--q", path("q.npy"), "--k", path("k.npy"),
+                                           "--v", path("v.npy"), "--out", path("out.npy"),
+                                           "--weights", path("w.npy"), "--threads", "1"};
+  int caught = 0;
+  for (int delay_us : {0, 0, 1000, 5000, 20000}) {
+    { std::ofstream(path("out.npy")) << "old out"; }
+    { std::ofstream(path("w.npy")) << "old weights"; }
+    caught += kill_during_write(arguments, work_, std::chrono::microseconds(delay_us));
+    EXPECT_TRUE(old_or_complete(path("out.npy"), "old out", {1, 1, 4096, 1})) << delay_us;
+    EXPECT_TRUE(old_or_complete(path("w.npy"), "old weights", {1, 1, 4096, 8192})) << delay_us;
+  }
+  EXPECT_GE(caught, 1) << "no kill landed during a write";
 }
 
 }  // namespace

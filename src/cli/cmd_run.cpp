@@ -229,6 +229,12 @@ npy::Array zeros_f32(std::vector<std::int64_t> shape) {
 }
 
 Results allocate_results(const Problem& p, const RunArgs& args) {
+  std::vector<PlannedOutput> planned{{"--out " + args.out, {p.batch, p.heads_q, p.len_q, p.dim_v}}};
+  if (!args.lse.empty()) planned.push_back({"--lse " + args.lse, {p.batch, p.heads_q, p.len_q}});
+  if (!args.weights.empty())
+    planned.push_back({"--weights " + args.weights, {p.batch, p.heads_q, p.len_q, p.len_k}});
+  if (!args.entropy.empty()) planned.push_back({"--entropy " + args.entropy, {p.batch, p.heads_q, p.len_q}});
+  check_outputs_fit(planned);
   Results r;
   r.out = zeros_f32({p.batch, p.heads_q, p.len_q, p.dim_v});
   if (!args.lse.empty()) r.lse = zeros_f32({p.batch, p.heads_q, p.len_q});

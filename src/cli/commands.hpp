@@ -2,7 +2,8 @@
 //
 // Error contract (shared by every subcommand): a callback throws sdpa::Error for bad arguments or
 // shapes (main prints the one-line message to stderr and exits 2), sdpa::npy::IoError for file
-// problems (exit 1). Parse errors from CLI11 exit 2. Outputs are written only after the whole
+// problems (exit 1), sdpa::OutOfMemory when an output or the workspace would not fit in memory
+// (exit 3). Parse errors from CLI11 exit 2. Outputs are written only after the whole
 // computation succeeded, each atomically (npy::write), so no partial output file ever exists.
 #pragma once
 

@@ -1,7 +1,7 @@
 // sdpa: the command-line tool. Registers the subcommands, runs the one chosen (or the demo when
 // none is), and turns every exception into the exit-code contract of commands.hpp:
 //   0 success (also --help, --version) · 1 I/O or other runtime failure · 2 bad arguments or
-//   shapes.
+//   shapes · 3 not enough memory (an output or the scratch workspace would not fit).
 #include <cstdlib>
 #include <iostream>
 #include <new>
@@ -15,6 +15,7 @@ namespace {
 
 constexpr int exit_io_error = 1;
 constexpr int exit_bad_arguments = 2;
+constexpr int exit_out_of_memory = 3;
 
 // The contract promises one line on stderr, so a multi-line message is folded onto one.
 int report(const std::string& message, int exit_code) {
@@ -56,8 +57,10 @@ int main(int argc, char** argv) {
     return report(e.what(), exit_bad_arguments);
   } catch (const sdpa::npy::IoError& e) {
     return report(e.what(), exit_io_error);
+  } catch (const sdpa::OutOfMemory& e) {
+    return report(e.what(), exit_out_of_memory);
   } catch (const std::bad_alloc&) {
-    return report("out of memory (the inputs or requested outputs are too large)", exit_io_error);
+    return report("out of memory (the inputs or requested outputs are too large)", exit_out_of_memory);
   } catch (const std::exception& e) {
     return report(e.what(), exit_io_error);
   }
