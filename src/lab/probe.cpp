@@ -47,6 +47,31 @@ AttentionProbe probe_attention(const AttentionInputs& in, std::optional<float> s
     probe.entropy += entropy[r] / rows;
     probe.max_weight += *std::max_element(weights.begin() + r * L, weights.begin() + (r + 1) * L) / rows;
   }
+  // The softmax gain of every row, from the weights and dP = dO·Vᵀ (fp64).
+  std::vector<double> gains;
+  std::vector<double> dp(static_cast<std::size_t>(L));
+  for (std::int64_t h = 0; h < H; ++h)
+    for (std::int64_t i = 0; i < L; ++i) {
+      const float* p = weights.data() + (h * L + i) * L;
+      const float* dout_i = in.dout.data() + (h * L + i) * D;
+      double d_row = 0, dp_norm = 0, ds_norm = 0;
+      for (std::int64_t j = 0; j < L; ++j) {
+        const float* v_j = in.v.data() + (h * L + j) * D;
+        double dot = 0;
+        for (std::int64_t e = 0; e < D; ++e) dot += static_cast<double>(dout_i[e]) * v_j[e];
+        dp[j] = dot;
+        d_row += p[j] * dot;
+        dp_norm += dot * dot;
+      }
+      for (std::int64_t j = 0; j < L; ++j) ds_norm += std::pow(p[j] * (dp[j] - d_row), 2);
+      gains.push_back(dp_norm > 0 ? std::sqrt(ds_norm / dp_norm) : 0.0);
+    }
+  for (double g : gains) {
+    probe.mean_gain += g / rows;
+    probe.saturated_fraction += (g < kSaturatedGain ? 1.0 : 0.0) / rows;
+  }
+  std::sort(gains.begin(), gains.end());
+  probe.median_gain = gains[gains.size() / 2];
   probe.rms_dq = rms(dq);
   probe.rms_dk = rms(dk);
   probe.rms_dv = rms(dv);

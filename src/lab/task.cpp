@@ -27,15 +27,19 @@ RetrievalBatch RetrievalTask::sample(std::int64_t batch, Random& random) const {
   b.queries.resize(static_cast<std::size_t>(batch) * d);
   b.items.resize(static_cast<std::size_t>(batch * pairs_) * d);
   b.answers.resize(static_cast<std::size_t>(batch));
-  std::vector<std::int64_t> keys(static_cast<std::size_t>(vocabulary_));
-  for (std::int64_t s = 0; s < batch; ++s) {
-    // Distinct keys: the first `pairs` of a Fisher–Yates shuffle; values drawn with repetition.
-    std::iota(keys.begin(), keys.end(), 0);
+  std::vector<std::int64_t> keys(static_cast<std::size_t>(vocabulary_)), values(keys.size());
+  // The first `pairs` symbols of a Fisher–Yates shuffle: distinct.
+  auto draw_distinct = [&](std::vector<std::int64_t>& symbols) {
+    std::iota(symbols.begin(), symbols.end(), 0);
     for (std::int64_t i = 0; i < pairs_; ++i)
-      std::swap(keys[i], keys[i + random.below(vocabulary_ - i)]);
+      std::swap(symbols[i], symbols[i + random.below(vocabulary_ - i)]);
+  };
+  for (std::int64_t s = 0; s < batch; ++s) {
+    draw_distinct(keys);
+    draw_distinct(values);
     const std::int64_t asked = random.below(pairs_);
     for (std::int64_t i = 0; i < pairs_; ++i) {
-      const std::int64_t value = random.below(vocabulary_);
+      const std::int64_t value = values[i];
       float* item = b.items.data() + (s * pairs_ + i) * d_model_;
       const float* key_row = key_embedding_.data() + keys[i] * d_model_;
       const float* value_row = value_embedding_.data() + value * d_model_;

@@ -1,7 +1,8 @@
 // The synthetic task of ablation and additive: key–value retrieval. A sequence holds `pairs`
-// items, each a (key, value) pair of symbols from a vocabulary, keys distinct; the query names one
-// of the keys and the answer is its value. The answer depends on which item matches the query, so
-// no model without content-based attention beats chance (1 / vocabulary).
+// items, each a (key, value) pair of symbols from a vocabulary, keys distinct and values distinct;
+// the query names one of the keys and the answer is its value. The answer depends on which item
+// matches the query: a model without content-based attention can at best guess among the values
+// present (1 / pairs).
 //
 // Tokens are fixed random embeddings (not trained): item = E_key[k] + E_value[v], query =
 // E_key[k*] + E_query, each component N(0, 1/2), so tokens have unit-variance components — the
