@@ -101,3 +101,28 @@ def test_nested_lists_are_accepted():
     q = [[[1.0, 0.0], [0.0, 1.0]]]
     out = sdpa.scaled_dot_product_attention(q, q, [[[1.0], [3.0]]])
     assert out.shape == (1, 2, 1) and out.dtype == np.float32
+
+
+def test_the_gil_is_released_while_the_kernels_run():
+    import threading
+    import time
+
+    rng = np.random.default_rng(8)
+    q, k, v = (rng.standard_normal((1, 8, 1024, 64), dtype=np.float32) for _ in range(3))
+    done = threading.Event()
+    span = {}
+
+    def compute():
+        start = time.perf_counter()
+        sdpa.scaled_dot_product_attention(q, k, v, threads=1)
+        span["seconds"] = time.perf_counter() - start
+        done.set()
+
+    worker = threading.Thread(target=compute)
+    last, longest_gap = time.perf_counter(), 0.0
+    worker.start()
+    while not done.is_set():  # this thread keeps running only if the worker let go of the GIL
+        now = time.perf_counter()
+        longest_gap, last = max(longest_gap, now - last), now
+    worker.join()
+    assert longest_gap < span["seconds"] / 2, (longest_gap, span["seconds"])
