@@ -85,55 +85,42 @@ def _batched(array: np.ndarray, name: str, tail: int = 3) -> np.ndarray:
     return array.reshape((batch,) + array.shape[-tail:])
 
 
-def _rank4(array: np.ndarray, name: str) -> np.ndarray:
-    if array.ndim < 2:
-        raise ValueError(f"{name}.shape = {array.shape}: expected (..., L, E), at least 2 dimensions")
-    return _batched(array, name)
-
-
 def _copy_back(view: np.ndarray, array: np.ndarray) -> None:
     """Where `view` had to be a copy of `array` (leading dimensions that do not merge), copy back."""
     if not np.shares_memory(view, array):
         array[...] = view.reshape(array.shape)
 
 
-def _leading(query: np.ndarray, others: Sequence[Tuple[str, np.ndarray]]) -> Tuple[int, ...]:
-    """The leading (batch) shape of the query; key and value must have the same rank and lead."""
-    lead = query.shape[:-3] if query.ndim >= 3 else ()
-    for name, array in others:
-        if array.ndim != query.ndim:
-            raise ValueError(
-                f"{name}.ndim = {array.ndim} does not match query.ndim = {query.ndim} "
-                f"(shapes {array.shape} and {query.shape})"
-            )
-        if array.ndim > 4 and array.shape[:-3] != lead:
-            raise ValueError(
-                f"{name}.shape[:-3] = {array.shape[:-3]} does not match query.shape[:-3] = {lead}"
-            )
-    return lead
+def _padded(array: np.ndarray, rank: int) -> np.ndarray:
+    """`array` with leading dimensions of size 1 up to `rank` (a view)."""
+    return array[(None,) * (rank - array.ndim)]
 
 
-def _mask4(mask: np.ndarray, query: np.ndarray, lq: int, lk: int) -> np.ndarray:
-    """The mask or bias as the library takes it: rank <= 4, right-aligned against [B, Hq, Lq, Lk]."""
-    while mask.ndim > max(query.ndim, 1) and mask.shape[0] == 1:
-        mask = mask[0]
-    if mask.ndim > query.ndim:
-        raise ValueError(
-            f"attn_mask.shape = {mask.shape}: more dimensions than query.shape = {query.shape}"
-        )
-    if query.ndim <= 4:
-        return mask
-    # Leading dimensions beyond the library's B: broadcast them to the query's, then merge.
-    full = query.shape[:-3] + (query.shape[-3], lq, lk)
-    padded = mask.reshape((1,) * (len(full) - mask.ndim) + mask.shape)
-    target = query.shape[:-3] + padded.shape[-3:]
+def _broadcast(array: np.ndarray, shape: Tuple[int, ...], name: str) -> np.ndarray:
+    """A zero-copy view of `array` broadcast to `shape` (stride 0 on the broadcast dimensions)."""
+    if array.shape == shape:
+        return array
     try:
-        merged = np.broadcast_to(padded, target)
+        return np.broadcast_to(array, shape)
     except ValueError as error:
-        raise ValueError(
-            f"attn_mask.shape = {mask.shape} cannot broadcast to {full}: {error}"
-        ) from error
-    return merged.reshape((int(np.prod(query.shape[:-3])),) + merged.shape[-3:])
+        raise ValueError(f"{name}.shape = {array.shape} cannot broadcast to {shape}") from error
+
+
+def _mask4(mask: np.ndarray, full: Tuple[int, ...]) -> np.ndarray:
+    """The mask or bias as the library takes it: rank <= 4, right-aligned against [B, Hq, Lq, Lk].
+
+    `full` is the caller's (*lead, Hq, Lq, Lk). Leading dimensions of size 1 are dropped; beyond
+    rank 4 the mask is broadcast to the leading shape and merged like the inputs.
+    """
+    while mask.ndim > min(len(full), 4) and mask.shape[0] == 1:
+        mask = mask[0]
+    if mask.ndim > len(full):
+        raise ValueError(f"attn_mask.shape = {mask.shape} cannot broadcast to {full}")
+    if len(full) <= 4:
+        return mask  # the library checks and broadcasts the rest
+    padded = _padded(mask, len(full))
+    merged = _broadcast(padded, full[:-3] + padded.shape[-3:], "attn_mask")
+    return _batched(merged, "attn_mask")
 
 
 def _unbroadcast(grad: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
@@ -181,16 +168,35 @@ class _Call:
         self.query = _float32(query, "query")
         self.key = _float32(key, "key")
         self.value = _float32(value, "value")
-        self.lead = _leading(self.query, [("key", self.key), ("value", self.value)])
-        self.q, self.k, self.v = (_rank4(a, n) for a, n in
-                                  ((self.query, "query"), (self.key, "key"), (self.value, "value")))
-        heads_q, heads_kv = self.q.shape[1], self.k.shape[1]
-        if not enable_gqa and heads_kv not in (heads_q, 1):
-            # torch: without enable_gqa the head dimensions must match (or broadcast from 1).
+        for name, array in (("query", self.query), ("key", self.key), ("value", self.value)):
+            if array.ndim < 2:
+                raise ValueError(f"{name}.shape = {array.shape}: expected (..., L, E)")
+        # Broadcast the leading dimensions as torch does (zero-copy views), then merge them into
+        # the library's one batch dimension: (*lead, H, L, E) -> [B, H, L, E].
+        self.rank = max(self.query.ndim, self.key.ndim, self.value.ndim)
+        q, k, v = (_padded(a, max(self.rank, 3)) for a in (self.query, self.key, self.value))
+        heads_q, heads_kv = q.shape[-3], k.shape[-3]
+        if not enable_gqa and heads_kv != heads_q:
+            if heads_q == 1:  # one query head against many: torch broadcasts it
+                heads_q = heads_kv
+            elif heads_kv != 1:  # (a single key/value head is served by the GQA path)
+                raise ValueError(
+                    f"key.shape[-3] (Hkv) = {heads_kv} does not match query.shape[-3] (Hq) = "
+                    f"{heads_q}; pass enable_gqa=True for grouped-query attention"
+                )
+        try:
+            self.lead = np.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3])
+        except ValueError as error:
             raise ValueError(
-                f"key.shape[-3] (Hkv) = {heads_kv} does not match query.shape[-3] (Hq) = {heads_q}; "
-                "pass enable_gqa=True for grouped-query attention"
-            )
+                f"the leading dimensions of query {self.query.shape}, key {self.key.shape} and "
+                f"value {self.value.shape} do not broadcast"
+            ) from error
+        q = _broadcast(q, self.lead + (heads_q,) + q.shape[-2:], "query")
+        k = _broadcast(k, self.lead + k.shape[-3:], "key")
+        v = _broadcast(v, self.lead + v.shape[-3:], "value")
+        self.q, self.k, self.v = _batched(q, "query"), _batched(k, "key"), _batched(v, "value")
+        # The caller's output shape: (*lead, Hq, Lq, Ev), less the padding of rank-2 inputs.
+        self.out_shape = (self.lead + (heads_q, q.shape[-2], v.shape[-1]))[-self.rank :]
         self.options: dict = {"threads": _threads(threads)}
         if scale is not None:
             self.options["scale"] = float(scale)
@@ -206,11 +212,11 @@ class _Call:
         if attn_mask is not None:
             mask = _as_numpy(attn_mask, "attn_mask")
             if mask.dtype == np.bool_:
-                self.options["mask"] = _mask4(mask, self.query, self.q.shape[2], self.k.shape[2])
+                self.options["mask"] = _mask4(mask, self.scores_shape())
             else:
                 mask = _float32(mask, "attn_mask")  # dtype check: float, else TypeError
                 self.mask_shape = mask.shape
-                self.options["bias"] = _mask4(mask, self.query, self.q.shape[2], self.k.shape[2])
+                self.options["bias"] = _mask4(mask, self.scores_shape())
         kl = _lengths(key_lengths, "key_lengths")
         ql = _lengths(query_lengths, "query_lengths")
         if kl is not None:
@@ -218,12 +224,22 @@ class _Call:
         if ql is not None:
             self.options["query_lengths"] = ql
 
+    def scores_shape(self) -> Tuple[int, ...]:
+        """(*lead, Hq, Lq, Lk): what a mask broadcasts to (rank max(query.ndim, 3) at least)."""
+        return self.lead + (self.q.shape[1], self.q.shape[2], self.k.shape[2])
+
     def shaped(self, array: np.ndarray) -> np.ndarray:
         """A library result ([B, H, L, X] or [B, H, L]) in the caller's leading shape."""
-        rank = self.query.ndim
-        if rank <= 4:
-            return array.reshape(array.shape[4 - rank :])
-        return array.reshape(self.lead + array.shape[1:])
+        full = self.lead + array.shape[1:]
+        return array.reshape(full[max(3 - self.rank, 0) :])  # rank-2 calls have no head dim
+
+    def batched(self, array: Any, name: str, shape: Tuple[int, ...]) -> np.ndarray:
+        """A caller-shaped float32 array (output, grad_output, lse) in the library's rank."""
+        array = _float32(array, name)
+        if array.shape != shape:
+            raise ValueError(f"{name}.shape = {array.shape}: expected {shape}")
+        return _batched(_padded(array, len(shape) + max(3 - self.rank, 0)), name,
+                        tail=3 if len(shape) == self.rank else 2)
 
 
 def _threads(threads: Optional[int]) -> int:
@@ -327,9 +343,9 @@ def scaled_dot_product_attention(
             raise TypeError(f"out.dtype: expected float32, got {out.dtype}")
         if not out.flags.writeable:
             raise ValueError("out: expected a writable array, got a read-only one")
-        if out.ndim != call.query.ndim:
-            raise ValueError(f"out.ndim = {out.ndim} does not match query.ndim = {call.query.ndim}")
-        out4 = _batched(out, "out")
+        if out.shape != call.out_shape:
+            raise ValueError(f"out.shape = {out.shape}: expected {call.out_shape}")
+        out4 = _batched(_padded(out, max(out.ndim, 3)), "out")
     lse = np.empty((b, hq, lq), dtype=np.float32) if return_lse else None
     weights = np.empty((b, hq, lq, lk), dtype=np.float32) if return_weights else None
     _core.forward(call.q, call.k, call.v, out4, lse=lse, weights=weights, **call.options)
@@ -399,20 +415,23 @@ def attention_backward(
         lse3 = np.empty((b, hq, lq), dtype=np.float32)
         _core.forward(call.q, call.k, call.v, out4, lse=lse3, **call.options)
     else:
-        out4 = _rank4(_float32(output, "output"), "output")
-        lse3 = _batched(_float32(lse, "lse"), "lse", tail=2)
-    dout4 = _rank4(_float32(grad_output, "grad_output"), "grad_output")
+        out4 = call.batched(output, "output", call.out_shape)
+        lse3 = call.batched(lse, "lse", call.out_shape[:-1])
+    dout4 = call.batched(grad_output, "grad_output", call.out_shape)
     dq = np.empty(call.q.shape, dtype=np.float32)
     dk = np.empty(call.k.shape, dtype=np.float32)
     dv = np.empty(call.v.shape, dtype=np.float32)
     dbias = np.empty(call.options["bias"].shape, dtype=np.float32) if return_dbias else None
     dscale = _core.backward(call.q, call.k, call.v, out4, dout4, lse3, dq, dk, dv,
                             dbias=dbias, dscale=return_dscale, **call.options)
-    grads: list = [call.shaped(dq), call.shaped(dk), call.shaped(dv)]
+    grads: list = [_unbroadcast(call.shaped(dq), call.query.shape),
+                   _unbroadcast(call.shaped(dk), call.key.shape),
+                   _unbroadcast(call.shaped(dv), call.value.shape)]
     if dbias is not None:
         assert call.mask_shape is not None
-        grads.append(_unbroadcast(dbias.reshape(call.lead + dbias.shape[1:])
-                                  if call.query.ndim > 4 else dbias, call.mask_shape))
+        if len(call.lead) > 1:  # merged leading dimensions: unmerge before summing
+            dbias = dbias.reshape(call.lead + dbias.shape[1:])
+        grads.append(_unbroadcast(dbias, call.mask_shape))
     if return_dscale:
         grads.append(float(dscale))
     return tuple(grads)
