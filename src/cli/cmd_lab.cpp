@@ -120,7 +120,7 @@ lab::GradientsConfig gradients_config(const LabArgs& a) {
 lab::TrainConfig train_config(const LabArgs& a) {
   lab::TrainConfig c = a.train;
   c.seed = a.seed;
-  if (a.quick) c.steps = std::min<std::int64_t>(c.steps, 150), c.eval_size = 256;
+  if (a.quick) c.steps = std::min<std::int64_t>(c.steps, 60), c.eval_size = 128;
   return c;
 }
 

@@ -106,10 +106,10 @@ Experiment run_gradients(const GradientsConfig& config);
 /// The synthetic task and the training loop shared by ablation and additive.
 struct TrainConfig {
   std::uint64_t seed = 1;
-  std::int64_t pairs = 8;       // key–value pairs per sequence
-  std::int64_t vocabulary = 16; // distinct keys, and distinct values
+  std::int64_t pairs = 16;       // key–value pairs per sequence
+  std::int64_t vocabulary = 64;  // distinct keys, and distinct values
   std::int64_t d_model = 64, heads = 4, d_k = 64;
-  std::int64_t batch = 64, steps = 600, eval_every = 25, eval_size = 512;
+  std::int64_t batch = 64, steps = 300, eval_every = 10, eval_size = 512;
   std::string optimizer = "adam";  // adam | sgd
   double learning_rate = 0;        // 0 = the optimizer's default (adam 3e-3, sgd 0.3)
   int threads = 1;                 // attention threads (the problems are tiny)
