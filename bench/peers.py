@@ -319,14 +319,25 @@ def cell(times: Dict[str, float], name: str) -> str:
 
 
 def table(rows, peers: List[str]) -> List[str]:
-    lines = ["| shape | pass | " + " | ".join(peers) + " | best peer / sdpa |",
-             "|---|---|" + "---|" * len(peers) + "---|"]
-    for label, mode, times in rows:
+    lines = ["| shape | pass | " + " | ".join(peers) + " | best peer / sdpa | load |",
+             "|---|---|" + "---|" * len(peers) + "---|---|"]
+    for label, mode, times, load in rows:
         others = [times[p] for p in peers if p != "sdpa" and p in times]
         best = f"{min(others) / times['sdpa']:.2f}×" if others and "sdpa" in times else "–"
         lines.append(f"| {label} | {mode} | " + " | ".join(cell(times, p) for p in peers) +
-                     f" | {best} |")
+                     f" | {best} | {load:.1f} |")
     return lines
+
+
+def wait_for_load(quiet: float, patience_s: float) -> float:
+    """Wait (at most patience_s) for the 1-minute load average to drop below `quiet`; return it.
+
+    On a shared machine other jobs inflate every time; ratios of interleaved calls suffer less,
+    but a row measured at load 8 on 2 cores is mostly noise, so the table shows the load."""
+    deadline = time.monotonic() + patience_s
+    while os.getloadavg()[0] >= quiet and time.monotonic() < deadline:
+        time.sleep(5)
+    return os.getloadavg()[0]
 
 
 def machine() -> List[str]:
@@ -341,8 +352,10 @@ def machine() -> List[str]:
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
     load = os.getloadavg()
     return [f"- CPU: {model}, {os.cpu_count()} cores visible, {isa}",
-            f"- load average at the end of the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
-            "(the machine is shared: absolute times move with it, ratios much less)"]
+            f"- load average at the end of the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+            "the table's last column is the 1-minute load around each row (the machine is shared "
+            "and has 2 cores: above ~2.5 other jobs take cores from the benchmark, which inflates "
+            "every time and makes the ratios noisy)"]
 
 
 def versions(peers: List[str]) -> str:
@@ -374,6 +387,10 @@ def main() -> int:
                         help="longest sequence for the peers that form the score matrix (numpy, jax)")
     parser.add_argument("--max-quadratic-gb", type=float, default=6.0,
                         help="skip a peer whose score matrices would need more memory")
+    parser.add_argument("--quiet-load", type=float, default=2.5,
+                        help="before each shape, wait for the 1-minute load average to drop below")
+    parser.add_argument("--quiet-wait", type=float, default=60,
+                        help="... but at most this many seconds")
     parser.add_argument("--write", metavar="PATH", help="write the Markdown report here")
     args = parser.parse_args()
     pin_threads(args.threads)
@@ -387,10 +404,12 @@ def main() -> int:
     started = time.perf_counter()
     rows, all_notes = [], []
     for shape in shapes:
+        load = wait_for_load(args.quiet_load, args.quiet_wait)
         forward_times, backward_times, notes = run_shape(shape, peers, args.threads, args)
-        rows.append((shape.label(), "fwd", forward_times))
+        load = max(load, os.getloadavg()[0])
+        rows.append((shape.label(), "fwd", forward_times, load))
         if backward_times:
-            rows.append((shape.label(), "fwd+bwd", backward_times))
+            rows.append((shape.label(), "fwd+bwd", backward_times, load))
         for name, note in notes.items():
             all_notes.append(f"- {shape.label()}: {name} {note}")
         print("\n".join(table(rows[-2:] if backward_times else rows[-1:], peers)[2:]), flush=True)
