@@ -56,12 +56,12 @@ struct MhaActivations {
 
 /// Gradients written by backward (every buffer is overwritten, not accumulated into).
 struct MhaGrads {
-  std::span<float> dx_q;   ///< [B, Lq, d_model]
-  std::span<float> dx_kv;  ///< [B, Lk, d_model]; may be the same buffer as dx_q (self-attention):
-                           ///< it then receives dx_q + dx_kv
+  std::span<float> dx_q{};   ///< [B, Lq, d_model]
+  std::span<float> dx_kv{};  ///< [B, Lk, d_model]; may be the same buffer as dx_q (self-attention):
+                             ///< it then receives dx_q + dx_kv
   MhaParameters* parameters = nullptr;  ///< optional: dL/d(weights and biases), resized to fit
   float* dscale = nullptr;              ///< optional: dL/d(scale), the temperature gradient
-  std::optional<Tensor> dbias;          ///< optional: dL/d(options.bias), shaped like it
+  std::optional<Tensor> dbias{};        ///< optional: dL/d(options.bias), shaped like it
 };
 
 class MultiHeadAttention;
