@@ -270,6 +270,33 @@ TEST(ExtremeInputs, NonFiniteValueReachesOnlyItsColumnOfItsKvHead) {
   }
 }
 
+// The backward reads every value of its (batch, kv-head) group for every row (dP = dO·Vᵀ, and D_i
+// = dO_i·O_i with O_i NaN where the forward let NaN in): a non-finite value may turn all of that
+// group's gradients NaN, but no other group's may change.
+TEST(ExtremeInputs, NonFiniteValueLeavesOtherKvHeadsGradientsUnchanged) {
+  Rng rng(117);
+  BackwardCase c{random_inputs(rng, 2, 4, 2, 40, 40, 8, 8), random_floats(rng, {2, 4, 40, 8}, {}),
+                 {}, {}, 2, ""};
+  c.inputs.base.causal = Causal::top_left;
+  OutputBuffers forward_outputs = c.make_forward_outputs();
+  GradBuffers clean = c.make_grads(), poisoned = c.make_grads();
+  for (Isa isa : supported_isas()) {
+    c.inputs.v.at({0, 1, 9, 2}) = 0.25f;
+    c.run(forward_outputs, clean, isa, 2);
+    c.inputs.v.at({0, 1, 9, 2}) = kNaN;  // batch 0, kv-head 1 (query heads 2 and 3)
+    c.run(forward_outputs, poisoned, isa, 2);
+    for (const auto& [a, b] : {std::pair{&clean.dq, &poisoned.dq}, std::pair{&clean.dk, &poisoned.dk},
+                               std::pair{&clean.dv, &poisoned.dv}}) {
+      const std::int64_t heads_per_kv = a->shape()[1] / 2;  // 2 for dq, 1 for dk and dv
+      for_each_index(4, a->shape(), [&](const Index& x) {
+        if (x[0] != 0 || x[1] / heads_per_kv != 1) {
+          EXPECT_TRUE(same_bits(a->at(x), b->at(x))) << isa_name(isa);
+        }
+      });
+    }
+  }
+}
+
 // ---- subnormals ----------------------------------------------------------------------------------
 
 TEST(ExtremeInputs, SubnormalInputsAndProbabilitiesGiveAccurateResults) {
