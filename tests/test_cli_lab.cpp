@@ -46,7 +46,8 @@ class CliLab : public ::testing::Test {
     return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read(out), read(err)};
   }
   std::size_t files_in_work() const {
-    return static_cast<std::size_t>(std::distance(fs::directory_iterator(root_ / "work"), fs::directory_iterator()));
+    return static_cast<std::size_t>(
+        std::distance(fs::directory_iterator(root_ / "work"), fs::directory_iterator()));
   }
 
   fs::path root_;
@@ -58,20 +59,22 @@ TEST_F(CliLab, SameSeedGivesTheSameJsonAndAnotherSeedDoesNot) {
   const Result r = run(args + "'" + path("b.json") + "' --seed 7");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   ASSERT_EQ(run(args + "'" + path("c.json") + "' --seed 8").exit_code, 0);
-  auto a = nlohmann::json::parse(read(path("a.json"))), b = nlohmann::json::parse(read(path("b.json")));
+  auto a = nlohmann::json::parse(read(path("a.json"))),
+       b = nlohmann::json::parse(read(path("b.json")));
   auto c = nlohmann::json::parse(read(path("c.json")));
   for (auto* j : {&a, &b, &c}) j->erase("seconds");  // wall time is the one thing that varies
   EXPECT_EQ(a, b);
   EXPECT_NE(a["data"], c["data"]);
   EXPECT_EQ(a["name"], "variance");
   EXPECT_EQ(a["claims"].size(), 2u);
-  EXPECT_NE(r.out.find("Var(q·k)"), std::string::npos) << r.out;  // the table
+  EXPECT_NE(r.out.find("Var(q·k)"), std::string::npos) << r.out;    // the table
   EXPECT_NE(r.out.find("supported]"), std::string::npos) << r.out;  // the verdicts
 }
 
 TEST_F(CliLab, AblationWritesOneLearningCurvePerVariant) {
-  const Result r = run("lab ablation --quick --steps 20 --eval-every 10 --no-progress --json-out '" +
-                       path("ablation.json") + "'");
+  const Result r =
+      run("lab ablation --quick --steps 20 --eval-every 10 --no-progress --json-out '" +
+          path("ablation.json") + "'");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(r.err.empty()) << "no progress bar when stderr is not a terminal: " << r.err;
   const auto j = nlohmann::json::parse(read(path("ablation.json")));
@@ -85,8 +88,9 @@ TEST_F(CliLab, AblationWritesOneLearningCurvePerVariant) {
 }
 
 TEST_F(CliLab, ReportWithoutChartJsFailsFirstAndWritesNothing) {
-  const Result r = run("lab report --quick --no-progress --chartjs /nonexistent/chart.min.js --out '" +
-                       path("report.html") + "'");
+  const Result r =
+      run("lab report --quick --no-progress --chartjs /nonexistent/chart.min.js --out '" +
+          path("report.html") + "'");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("libjs-chart.js"), std::string::npos) << r.err;
   EXPECT_TRUE(r.out.empty()) << "failed before running any experiment: " << r.out;
@@ -94,7 +98,8 @@ TEST_F(CliLab, ReportWithoutChartJsFailsFirstAndWritesNothing) {
 }
 
 TEST_F(CliLab, ReportIntoAMissingDirectoryFailsFirst) {
-  const Result r = run("lab report --quick --no-progress --out '" + path("missing/report.html") + "'");
+  const Result r =
+      run("lab report --quick --no-progress --out '" + path("missing/report.html") + "'");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("missing"), std::string::npos) << r.err;
   EXPECT_TRUE(r.out.empty()) << r.out;

@@ -67,7 +67,8 @@ TEST(LabAdditiveAttention, BackwardMatchesCentralDifferences) {
       scale = std::max(scale, std::abs(numeric[i]));
     }
     for (std::size_t i = 0; i < value.size(); ++i)
-      expect_close((*pairs[t].second)[i], numeric[i], scale, std::string(names[t]) + "[" + std::to_string(i) + "]");
+      expect_close((*pairs[t].second)[i], numeric[i], scale,
+                   std::string(names[t]) + "[" + std::to_string(i) + "]");
   }
 }
 
@@ -165,8 +166,12 @@ TEST(LabReport, PageIsSelfContainedWithOneCanvasPerChart) {
   EXPECT_NE(html.find("A &lt;title&gt; &amp; more"), std::string::npos);
   // The chart title "</script>" is escaped inside the JSON block: one "</script" per <script>.
   std::size_t closes = 0, opens = 0;
-  for (std::size_t at = html.find("</script"); at != std::string::npos; at = html.find("</script", at + 1)) ++closes;
-  for (std::size_t at = html.find("<script"); at != std::string::npos; at = html.find("<script", at + 1)) ++opens;
+  for (std::size_t at = html.find("</script"); at != std::string::npos;
+       at = html.find("</script", at + 1))
+    ++closes;
+  for (std::size_t at = html.find("<script"); at != std::string::npos;
+       at = html.find("<script", at + 1))
+    ++opens;
   EXPECT_EQ(opens, closes);
   EXPECT_EQ(html.find(" src="), std::string::npos);
   EXPECT_NE(html.find("1 of 1"), std::string::npos);

@@ -36,10 +36,18 @@ std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), 
 struct Params64 {
   std::vector<double> w_q, w_k, w_v, w_o, b_q, b_k, b_v, b_o;
   explicit Params64(const MhaParameters& p)
-      : w_q(to_double(p.w_q)), w_k(to_double(p.w_k)), w_v(to_double(p.w_v)), w_o(to_double(p.w_o)),
-        b_q(to_double(p.b_q)), b_k(to_double(p.b_k)), b_v(to_double(p.b_v)), b_o(to_double(p.b_o)) {}
+      : w_q(to_double(p.w_q)),
+        w_k(to_double(p.w_k)),
+        w_v(to_double(p.w_v)),
+        w_o(to_double(p.w_o)),
+        b_q(to_double(p.b_q)),
+        b_k(to_double(p.b_k)),
+        b_v(to_double(p.b_v)),
+        b_o(to_double(p.b_o)) {}
   /// Every parameter vector, in the order of MhaParameters' fields.
-  std::vector<std::vector<double>*> all() { return {&w_q, &w_k, &w_v, &w_o, &b_q, &b_k, &b_v, &b_o}; }
+  std::vector<std::vector<double>*> all() {
+    return {&w_q, &w_k, &w_v, &w_o, &b_q, &b_k, &b_v, &b_o};
+  }
 };
 
 // out [rows, width] = x [rows, d] · w [d, width] + b
@@ -104,9 +112,12 @@ Problem attention_problem(const MhaConfig& config, const Case& c, const Options&
                           std::vector<float>& dummy) {
   const std::int64_t B = c.batch, d = std::max(config.d_k, config.d_v);
   dummy.assign(static_cast<std::size_t>(B * config.heads * std::max(c.len_q, c.len_k) * d), 0.0f);
-  const Tensor q = Tensor::contiguous(dummy.data(), DType::f32, {B, config.heads, c.len_q, config.d_k});
-  const Tensor k = Tensor::contiguous(dummy.data(), DType::f32, {B, config.kv_heads, c.len_k, config.d_k});
-  const Tensor v = Tensor::contiguous(dummy.data(), DType::f32, {B, config.kv_heads, c.len_k, config.d_v});
+  const Tensor q =
+      Tensor::contiguous(dummy.data(), DType::f32, {B, config.heads, c.len_q, config.d_k});
+  const Tensor k =
+      Tensor::contiguous(dummy.data(), DType::f32, {B, config.kv_heads, c.len_k, config.d_k});
+  const Tensor v =
+      Tensor::contiguous(dummy.data(), DType::f32, {B, config.kv_heads, c.len_k, config.d_v});
   return validate_inputs(q, k, v, options);
 }
 
@@ -131,7 +142,8 @@ std::vector<double> forward64(const MhaConfig& cfg, const Params64& p, const Pro
           if (!key_visible(problem, b, head, i, j)) continue;
           double dot = 0;
           for (std::int64_t e = 0; e < dk; ++e)
-            dot += q[(b * Lq + i) * h * dk + head * dk + e] * k[(b * Lk + j) * hkv * dk + g * dk + e];
+            dot +=
+                q[(b * Lq + i) * h * dk + head * dk + e] * k[(b * Lk + j) * hkv * dk + g * dk + e];
           logits[j] = scale * dot + (bias64.empty() ? 0.0 : bias64[(head * Lq + i) * Lk + j]);
           max_logit = std::max(max_logit, logits[j]);
         }
@@ -154,7 +166,8 @@ double dot64(const std::vector<double>& a, const std::vector<double>& b) {
 }
 
 /// Central differences of loss() with respect to each element of `x`, step 1e-4 (fp64 throughout).
-std::vector<double> central_differences(std::vector<double>& x, const std::function<double()>& loss) {
+std::vector<double> central_differences(std::vector<double>& x,
+                                        const std::function<double()>& loss) {
   constexpr double kStep = 1e-4;
   std::vector<double> grad(x.size());
   for (std::size_t i = 0; i < x.size(); ++i) {
@@ -181,11 +194,13 @@ void expect_gradient_close(const std::vector<float>& analytic, const std::vector
     if (error > worst) worst = error, worst_at = i;
   }
   EXPECT_LE(worst, 1e-3 * largest + 1e-5)
-      << what << "[" << worst_at << "]: analytic " << analytic[worst_at] << " vs central difference "
-      << numeric[worst_at] << " (largest |gradient| " << largest << ")";
+      << what << "[" << worst_at << "]: analytic " << analytic[worst_at]
+      << " vs central difference " << numeric[worst_at] << " (largest |gradient| " << largest
+      << ")";
 }
 
-// ---- cases ---------------------------------------------------------------------------------------
+// ---- cases
+// ---------------------------------------------------------------------------------------
 
 Case make_case(const char* name, const MhaConfig& config) {
   Case c;
@@ -236,11 +251,15 @@ TEST_P(MhaCaseTest, ForwardMatchesFp64Implementation) {
   std::mt19937_64 generator(1);
   MultiHeadAttention layer = make_layer(c.config, generator);
   const MhaConfig& cfg = layer.config();
-  const auto x_q = uniform_values(static_cast<std::size_t>(c.batch * c.len_q * cfg.d_model), generator);
-  const auto x_kv = c.self_attention ? x_q
-                                     : uniform_values(static_cast<std::size_t>(c.batch * c.len_k * cfg.d_model), generator);
+  const auto x_q =
+      uniform_values(static_cast<std::size_t>(c.batch * c.len_q * cfg.d_model), generator);
+  const auto x_kv =
+      c.self_attention
+          ? x_q
+          : uniform_values(static_cast<std::size_t>(c.batch * c.len_k * cfg.d_model), generator);
   CaseOptions o = make_options(c, cfg, generator);
-  std::vector<float> y(x_q.size()), entropy(static_cast<std::size_t>(c.batch * cfg.heads * c.len_q));
+  std::vector<float> y(x_q.size()),
+      entropy(static_cast<std::size_t>(c.batch * cfg.heads * c.len_q));
   layer.forward(x_q, x_kv, c.batch, c.len_q, c.len_k, o.options, y, nullptr, entropy);
 
   std::vector<float> dummy;
@@ -263,7 +282,9 @@ TEST_P(MhaCaseTest, BackwardMatchesCentralDifferences) {
   const MhaConfig& cfg = layer.config();
   const std::int64_t B = c.batch;
   auto x_q = uniform_values(static_cast<std::size_t>(B * c.len_q * cfg.d_model), generator);
-  auto x_kv = c.self_attention ? x_q : uniform_values(static_cast<std::size_t>(B * c.len_k * cfg.d_model), generator);
+  auto x_kv = c.self_attention
+                  ? x_q
+                  : uniform_values(static_cast<std::size_t>(B * c.len_k * cfg.d_model), generator);
   CaseOptions o = make_options(c, cfg, generator);
   const auto dy = uniform_values(x_q.size(), generator);  // loss = Σ y ∘ dy
 
@@ -279,7 +300,8 @@ TEST_P(MhaCaseTest, BackwardMatchesCentralDifferences) {
   grads.dx_kv = dx_kv;
   grads.parameters = &dparams;
   grads.dscale = &dscale;
-  if (c.with_bias) grads.dbias = Tensor::contiguous(dbias.data(), DType::f32, {1, cfg.heads, c.len_q, c.len_k});
+  if (c.with_bias)
+    grads.dbias = Tensor::contiguous(dbias.data(), DType::f32, {1, cfg.heads, c.len_q, c.len_k});
   layer.backward(x_q, x_kv, activations, o.options, dy, grads);
 
   // The fp64 loss as a function of everything differentiated below.
@@ -289,10 +311,13 @@ TEST_P(MhaCaseTest, BackwardMatchesCentralDifferences) {
   auto xq64 = to_double(x_q), xkv64 = to_double(x_kv), bias64 = to_double(o.bias);
   std::vector<double> scale64{problem.scale};
   const auto dy64 = to_double(dy);
-  auto loss = [&] { return dot64(forward64(cfg, p, problem, xq64, xkv64, bias64, scale64[0]), dy64); };
+  auto loss = [&] {
+    return dot64(forward64(cfg, p, problem, xq64, xkv64, bias64, scale64[0]), dy64);
+  };
 
-  const std::vector<std::vector<float>*> analytic = {&dparams.w_q, &dparams.w_k, &dparams.w_v, &dparams.w_o,
-                                                     &dparams.b_q, &dparams.b_k, &dparams.b_v, &dparams.b_o};
+  const std::vector<std::vector<float>*> analytic = {&dparams.w_q, &dparams.w_k, &dparams.w_v,
+                                                     &dparams.w_o, &dparams.b_q, &dparams.b_k,
+                                                     &dparams.b_v, &dparams.b_o};
   const char* names[] = {"w_q", "w_k", "w_v", "w_o", "b_q", "b_k", "b_v", "b_o"};
   const auto params = p.all();
   for (std::size_t t = 0; t < params.size(); ++t)
@@ -344,7 +369,8 @@ TEST(MhaBackward, SelfAttentionWithOneGradientBufferGetsTheSum) {
   expect_gradient_close(dx, numeric, "dx");
 }
 
-// ---- KV cache --------------------------------------------------------------------------------------
+// ---- KV cache
+// --------------------------------------------------------------------------------------
 
 struct DecodeCase {
   std::string name;
@@ -405,7 +431,8 @@ INSTANTIATE_TEST_SUITE_P(
     Cases, MhaDecodeTest,
     ::testing::Values(DecodeCase{"OneTokenSteps", {8, 2, 2, 4, 4, true}, {1, 1, 1, 1, 1, 1}, {}},
                       DecodeCase{"PrefillThenStepsGqa", {8, 4, 1, 3, 5, true}, {4, 1, 2, 1}, {}},
-                      DecodeCase{"SlidingWindow", {6, 2, 1, 4, 4, false}, {3, 1, 1, 1, 2}, Window{2, 0}}),
+                      DecodeCase{
+                          "SlidingWindow", {6, 2, 1, 4, 4, false}, {3, 1, 1, 1, 2}, Window{2, 0}}),
     [](const auto& info) { return info.param.name; });
 
 TEST(MhaKvCache, FullCacheThrowsAndAppendsNothing) {
@@ -446,7 +473,8 @@ TEST(MhaKvCache, RejectedMaskLeavesLengthUnchanged) {
   EXPECT_EQ(cache.length(), 0);
 }
 
-// ---- construction and argument errors ---------------------------------------------------------------
+// ---- construction and argument errors
+// ---------------------------------------------------------------
 
 TEST(MhaConfig, HeadsNotMultipleOfKvHeadsThrowsNamingBoth) {
   try {
@@ -497,7 +525,8 @@ TEST(MhaInit, SameSeedSameWeightsAndUnitVarianceProjections) {
   b.init_parameters(9);
   EXPECT_EQ(a.parameters().w_q, b.parameters().w_q);
   EXPECT_EQ(a.parameters().w_o, b.parameters().w_o);
-  // Var(w) = 1 / fan_in, so a unit-variance input row gives unit-variance q (premise of 1/sqrt(d_k)).
+  // Var(w) = 1 / fan_in, so a unit-variance input row gives unit-variance q (premise of
+  // 1/sqrt(d_k)).
   double sum_squares = 0;
   for (float w : a.parameters().w_q) sum_squares += double(w) * w;
   EXPECT_NEAR(sum_squares / static_cast<double>(a.parameters().w_q.size()) * 256, 1.0, 0.02);

@@ -1,14 +1,15 @@
 // sdpa::MultiHeadAttention — a multi-head attention layer (fp32) over the fused kernel:
 //
 //   Q = x_q·W_q + b_q      K = x_kv·W_k + b_k      V = x_kv·W_v + b_v
-//   O_h = softmax(scale·Q_h·K_gᵀ + bias) · V_g       (head h reads key/value head g = h / (h / h_kv))
-//   y = [O_1 … O_h]·W_o + b_o
+//   O_h = softmax(scale·Q_h·K_gᵀ + bias) · V_g       (head h reads key/value head g = h / (h /
+//   h_kv)) y = [O_1 … O_h]·W_o + b_o
 //
 // Sequences are rows of d_model floats, row-major:
 //   x_q [B, Lq, d_model]    x_kv [B, Lk, d_model]    y [B, Lq, d_model]
 // (self-attention passes the same buffer as x_q and x_kv). Weights act on row vectors:
-//   w_q [d_model, h·d_k]    w_k [d_model, h_kv·d_k]    w_v [d_model, h_kv·d_v]    w_o [h·d_v, d_model]
-//   b_q [h·d_k]             b_k [h_kv·d_k]             b_v [h_kv·d_v]             b_o [d_model]
+//   w_q [d_model, h·d_k]    w_k [d_model, h_kv·d_k]    w_v [d_model, h_kv·d_v]    w_o [h·d_v,
+//   d_model] b_q [h·d_k]             b_k [h_kv·d_k]             b_v [h_kv·d_v]             b_o
+//   [d_model]
 // The projected Q, K, V are [B, L, heads, d] in memory and reach the kernel as strided
 // [B, heads, L, d] views, without a copy. Projections are OpenBLAS sgemm calls.
 //
@@ -108,8 +109,7 @@ class MultiHeadAttention {
   /// given ([B, h, Lq]) it receives each attention row's entropy in nats (sdpa::Outputs::entropy).
   void forward(std::span<const float> x_q, std::span<const float> x_kv, std::int64_t batch,
                std::int64_t len_q, std::int64_t len_k, const Options& options, std::span<float> y,
-               MhaActivations* activations = nullptr,
-               std::span<float> entropy = {}) const;
+               MhaActivations* activations = nullptr, std::span<float> entropy = {}) const;
 
   /// Gradients of a loss given dy = dL/dy [B, Lq, d_model], for the forward call that produced
   /// `activations` with the same x_q, x_kv and options. Attention gradients come from
@@ -127,8 +127,7 @@ class MultiHeadAttention {
   /// append|1]; the window is aligned on the same diagonal. A full cache is an error (nothing
   /// appended).
   void decode_step(std::span<const float> x_new, std::int64_t len_new, MhaKvCache& cache,
-                   const Options& options, std::span<float> y,
-                   std::span<float> entropy = {}) const;
+                   const Options& options, std::span<float> y, std::span<float> entropy = {}) const;
 
  private:
   MhaConfig config_;

@@ -6,7 +6,8 @@
 // Each experiment prints its tables and claims (with verdicts computed from the data) and, with
 // --json-out, writes every number as JSON. `report` runs all of them and writes one self-contained
 // HTML page. Outputs are written atomically, after the experiments finished. --quick shrinks every
-// experiment (tests). A progress bar is drawn on stderr when it is a terminal (not with --no-progress).
+// experiment (tests). A progress bar is drawn on stderr when it is a terminal (not with
+// --no-progress).
 #include <unistd.h>
 
 #include <algorithm>
@@ -81,7 +82,8 @@ class ProgressBar {
   std::chrono::steady_clock::time_point last_{};
 };
 
-// ---- configs from the arguments ------------------------------------------------------------------
+// ---- configs from the arguments
+// ------------------------------------------------------------------
 
 lab::VarianceConfig variance_config(const LabArgs& a) {
   lab::VarianceConfig c;
@@ -132,7 +134,8 @@ lab::AdditiveConfig additive_config(const LabArgs& a) {
   return c;
 }
 
-// ---- running ----------------------------------------------------------------------------------------
+// ---- running
+// ----------------------------------------------------------------------------------------
 
 void write_json(const std::string& path, const lab::Json& json) {
   if (path.empty()) return;
@@ -160,12 +163,18 @@ void run_one(const LabArgs& args, const std::string& name) {
   prepare();
   ProgressBar bar(!args.no_progress);
   lab::Experiment e;
-  if (name == "variance") e = lab::run_variance(variance_config(args));
-  else if (name == "saturation") e = lab::run_saturation(saturation_config(args));
-  else if (name == "temperature") e = lab::run_temperature(temperature_config(args));
-  else if (name == "gradients") e = lab::run_gradients(gradients_config(args));
-  else if (name == "ablation") e = lab::run_ablation({train_config(args)}, bar.callback());
-  else if (name == "additive") e = lab::run_additive(additive_config(args), bar.callback());
+  if (name == "variance")
+    e = lab::run_variance(variance_config(args));
+  else if (name == "saturation")
+    e = lab::run_saturation(saturation_config(args));
+  else if (name == "temperature")
+    e = lab::run_temperature(temperature_config(args));
+  else if (name == "gradients")
+    e = lab::run_gradients(gradients_config(args));
+  else if (name == "ablation")
+    e = lab::run_ablation({train_config(args)}, bar.callback());
+  else if (name == "additive")
+    e = lab::run_additive(additive_config(args), bar.callback());
   bar.finish();
   std::cout << lab::to_text(e) << "(" << std::fixed << std::setprecision(1) << e.seconds << " s)\n";
   write_json(args.json_out, lab::to_json(e));
@@ -200,7 +209,8 @@ void run_report(const LabArgs& args) {
   const lab::Experiment ablation = experiments.back();
   experiments.push_back(lab::run_additive(additive_config(args), share(0.70, 0.30), &ablation));
   bar.finish();
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
   const lab::Json run_info = {{"version", sdpa::version()},
                               {"seed", args.seed},
@@ -211,7 +221,8 @@ void run_report(const LabArgs& args) {
   lab::Json all = {{"run", run_info}, {"experiments", lab::Json::array()}};
   std::size_t supported = 0, claims = 0;
   for (const lab::Experiment& e : experiments) {
-    std::cout << lab::to_text(e) << "(" << std::fixed << std::setprecision(1) << e.seconds << " s)\n\n";
+    std::cout << lab::to_text(e) << "(" << std::fixed << std::setprecision(1) << e.seconds
+              << " s)\n\n";
     all["experiments"].push_back(lab::to_json(e));
     for (const lab::Claim& c : e.claims) supported += c.supported ? 1 : 0, ++claims;
   }
@@ -221,12 +232,15 @@ void run_report(const LabArgs& args) {
             << html.size() / 1024 << " KiB) in " << std::setprecision(1) << seconds << " s\n";
 }
 
-// ---- options --------------------------------------------------------------------------------------
+// ---- options
+// --------------------------------------------------------------------------------------
 
 void add_common(CLI::App& cmd, LabArgs& a) {
-  cmd.add_option("--seed", a.seed, "random seed (the same seed gives the same numbers)")->capture_default_str();
+  cmd.add_option("--seed", a.seed, "random seed (the same seed gives the same numbers)")
+      ->capture_default_str();
   cmd.add_option("--json-out", a.json_out, "write every number as JSON to this file");
-  cmd.add_option("--threads", a.threads, "attention threads for the measurement experiments (0 = all)")
+  cmd.add_option("--threads", a.threads,
+                 "attention threads for the measurement experiments (0 = all)")
       ->capture_default_str();
   cmd.add_flag("--quick", a.quick, "reduced sizes (seconds; for tests)");
   cmd.add_flag("--no-progress", a.no_progress, "no progress bar on stderr");
@@ -237,7 +251,8 @@ void add_training(CLI::App& cmd, LabArgs& a) {
   cmd.add_option("--steps", t.steps, "training steps per variant")->capture_default_str();
   cmd.add_option("--batch", t.batch, "sequences per step")->capture_default_str();
   cmd.add_option("--pairs", t.pairs, "key-value items per sequence")->capture_default_str();
-  cmd.add_option("--vocabulary", t.vocabulary, "distinct key and value symbols")->capture_default_str();
+  cmd.add_option("--vocabulary", t.vocabulary, "distinct key and value symbols")
+      ->capture_default_str();
   cmd.add_option("--d-model", t.d_model, "model width")->capture_default_str();
   cmd.add_option("--heads", t.heads, "attention heads")->capture_default_str();
   cmd.add_option("--d-k", t.d_k, "query/key width per head")->capture_default_str();
@@ -252,7 +267,8 @@ void add_training(CLI::App& cmd, LabArgs& a) {
 }  // namespace
 
 void add_lab_command(CLI::App& app) {
-  CLI::App* lab = app.add_subcommand("lab", "reproduce the theory of scaled attention by measurement");
+  CLI::App* lab =
+      app.add_subcommand("lab", "reproduce the theory of scaled attention by measurement");
   lab->require_subcommand(1);
   auto args = std::make_shared<LabArgs>();  // shared with the callbacks, which outlive this scope
 

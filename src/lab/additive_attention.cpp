@@ -15,7 +15,8 @@ void fill_uniform(std::vector<float>& w, double bound, Random& random) {
 
 }  // namespace
 
-AdditiveAttention::AdditiveAttention(std::int64_t d_model, std::int64_t d_attention, std::int64_t d_value)
+AdditiveAttention::AdditiveAttention(std::int64_t d_model, std::int64_t d_attention,
+                                     std::int64_t d_value)
     : d_model_(d_model), d_attention_(d_attention), d_value_(d_value) {
   auto n = [](std::int64_t a, std::int64_t b) { return static_cast<std::size_t>(a * b); };
   parameters_.w_1.assign(n(d_model, d_attention), 0.0f);
@@ -36,7 +37,8 @@ void AdditiveAttention::init_parameters(std::uint64_t seed) {
   fill_uniform(parameters_.v_a, std::sqrt(3.0 / static_cast<double>(d_attention_)), random);
   fill_uniform(parameters_.w_v, input, random);
   fill_uniform(parameters_.w_o, std::sqrt(3.0 / static_cast<double>(d_value_)), random);
-  for (auto* b : {&parameters_.b_a, &parameters_.b_v, &parameters_.b_o}) std::fill(b->begin(), b->end(), 0.0f);
+  for (auto* b : {&parameters_.b_a, &parameters_.b_v, &parameters_.b_o})
+    std::fill(b->begin(), b->end(), 0.0f);
 }
 
 std::int64_t AdditiveAttention::parameter_count() const {
@@ -46,11 +48,13 @@ std::int64_t AdditiveAttention::parameter_count() const {
 }
 
 void AdditiveAttention::forward(std::span<const float> x_q, std::span<const float> x_kv,
-                                std::int64_t B, std::int64_t Lq, std::int64_t Lk, std::span<float> y,
-                                AdditiveActivations* activations, std::span<float> entropy) const {
+                                std::int64_t B, std::int64_t Lq, std::int64_t Lk,
+                                std::span<float> y, AdditiveActivations* activations,
+                                std::span<float> entropy) const {
   const std::int64_t dm = d_model_, da = d_attention_, dv = d_value_;
   const AdditiveParameters& p = parameters_;
-  std::vector<float> u(static_cast<std::size_t>(B * Lq * da)), w(static_cast<std::size_t>(B * Lk * da));
+  std::vector<float> u(static_cast<std::size_t>(B * Lq * da)),
+      w(static_cast<std::size_t>(B * Lk * da));
   AdditiveActivations a;
   a.batch = B, a.len_q = Lq, a.len_k = Lk;
   a.tanh.resize(static_cast<std::size_t>(B * Lq * Lk * da));
@@ -60,7 +64,8 @@ void AdditiveAttention::forward(std::span<const float> x_q, std::span<const floa
   layer::gemm(false, false, B * Lq, da, dm, x_q.data(), dm, p.w_1.data(), da, 0.0f, u.data(), da);
   layer::add_to_rows(u.data(), p.b_a.data(), B * Lq, da);
   layer::gemm(false, false, B * Lk, da, dm, x_kv.data(), dm, p.w_2.data(), da, 0.0f, w.data(), da);
-  layer::gemm(false, false, B * Lk, dv, dm, x_kv.data(), dm, p.w_v.data(), dv, 0.0f, a.values.data(), dv);
+  layer::gemm(false, false, B * Lk, dv, dm, x_kv.data(), dm, p.w_v.data(), dv, 0.0f,
+              a.values.data(), dv);
   layer::add_to_rows(a.values.data(), p.b_v.data(), B * Lk, dv);
 
   std::vector<double> scores(static_cast<std::size_t>(Lk));
@@ -94,7 +99,8 @@ void AdditiveAttention::forward(std::span<const float> x_q, std::span<const floa
       }
       if (!entropy.empty()) entropy[b * Lq + i] = static_cast<float>(h);
     }
-  layer::gemm(false, false, B * Lq, dm, dv, a.context.data(), dv, p.w_o.data(), dm, 0.0f, y.data(), dm);
+  layer::gemm(false, false, B * Lq, dm, dv, a.context.data(), dv, p.w_o.data(), dm, 0.0f, y.data(),
+              dm);
   layer::add_to_rows(y.data(), p.b_o.data(), B * Lq, dm);
   if (activations != nullptr) *activations = std::move(a);
 }
@@ -113,11 +119,13 @@ void AdditiveAttention::backward(std::span<const float> x_q, std::span<const flo
   // y = ctx·W_o + b_o
   std::vector<float> dctx(a.context.size());
   layer::gemm(false, true, B * Lq, dv, dm, dy.data(), dm, p.w_o.data(), dm, 0.0f, dctx.data(), dv);
-  layer::gemm(true, false, dv, dm, B * Lq, a.context.data(), dv, dy.data(), dm, 0.0f, g.w_o.data(), dm);
+  layer::gemm(true, false, dv, dm, B * Lq, a.context.data(), dv, dy.data(), dm, 0.0f, g.w_o.data(),
+              dm);
   layer::column_sums(dy.data(), B * Lq, dm, g.b_o.data());
 
   // ctx_i = Σ_j α_ij V_j, α = softmax(s), s_ij = v_aᵀ t_ij, t_ij = tanh(u_i + w_j)
-  std::vector<float> du(static_cast<std::size_t>(B * Lq * da), 0.0f), dw(static_cast<std::size_t>(B * Lk * da), 0.0f);
+  std::vector<float> du(static_cast<std::size_t>(B * Lq * da), 0.0f),
+      dw(static_cast<std::size_t>(B * Lk * da), 0.0f);
   std::vector<float> dvalues(a.values.size(), 0.0f);
   std::vector<double> dalpha(static_cast<std::size_t>(Lk));
   for (std::int64_t b = 0; b < B; ++b)
@@ -152,7 +160,8 @@ void AdditiveAttention::backward(std::span<const float> x_q, std::span<const flo
   layer::gemm(true, false, dm, da, B * Lq, x_q.data(), dm, du.data(), da, 0.0f, g.w_1.data(), da);
   layer::column_sums(du.data(), B * Lq, da, g.b_a.data());
   layer::gemm(true, false, dm, da, B * Lk, x_kv.data(), dm, dw.data(), da, 0.0f, g.w_2.data(), da);
-  layer::gemm(true, false, dm, dv, B * Lk, x_kv.data(), dm, dvalues.data(), dv, 0.0f, g.w_v.data(), dv);
+  layer::gemm(true, false, dm, dv, B * Lk, x_kv.data(), dm, dvalues.data(), dv, 0.0f, g.w_v.data(),
+              dv);
   layer::column_sums(dvalues.data(), B * Lk, dv, g.b_v.data());
 }
 

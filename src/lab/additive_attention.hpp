@@ -3,7 +3,8 @@
 //
 //   u = x_q·W_1 + b_a  [B, Lq, d_a]      w = x_kv·W_2  [B, Lk, d_a]
 //   s_ij = v_aᵀ tanh(u_i + w_j)          α_i = softmax_j(s_ij)
-//   V = x_kv·W_v + b_v  [B, Lk, d_v]     ctx_i = Σ_j α_ij V_j      y = ctx·W_o + b_o  [B, Lq, d_model]
+//   V = x_kv·W_v + b_v  [B, Lk, d_v]     ctx_i = Σ_j α_ij V_j      y = ctx·W_o + b_o  [B, Lq,
+//   d_model]
 //
 // Written with plain loops for the score (there is no GEMM in it: every (i, j) pair needs its own
 // d_a tanh evaluations, which is the point of the comparison) and sgemm for the projections.

@@ -8,16 +8,16 @@
 
 #include <cstdint>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace sdpa::lab {
 
 using Json = nlohmann::ordered_json;
 
-// ---- results -------------------------------------------------------------------------------------
+// ---- results
+// -------------------------------------------------------------------------------------
 
 struct Series {
   std::string label;
@@ -77,7 +77,7 @@ Experiment run_variance(const VarianceConfig& config);
 
 struct SaturationConfig {
   std::uint64_t seed = 1;
-  double x_max = 10, x_step = 0.25;  // softmax([x, 0, 0, 0]) for x in [0, x_max]
+  double x_max = 10, x_step = 0.25;                  // softmax([x, 0, 0, 0]) for x in [0, x_max]
   std::int64_t keys = 256, queries = 64, heads = 4;  // the kernel's entropy telemetry part
   std::vector<std::int64_t> dims{4, 16, 64, 256, 1024};
   int threads = 0;
@@ -91,7 +91,8 @@ struct TemperatureConfig {
   std::int64_t dim = 64, length = 128, heads = 4;
   int threads = 0;
 };
-/// Temperature τ (scale = 1/τ) swept over τ/sqrt(d) in 2^[-3, 3]: entropy, max weight, gradient norm.
+/// Temperature τ (scale = 1/τ) swept over τ/sqrt(d) in 2^[-3, 3]: entropy, max weight, gradient
+/// norm.
 Experiment run_temperature(const TemperatureConfig& config);
 
 struct GradientsConfig {

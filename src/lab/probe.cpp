@@ -45,7 +45,8 @@ AttentionProbe probe_attention(const AttentionInputs& in, std::optional<float> s
   const double rows = static_cast<double>(H * L);
   for (std::int64_t r = 0; r < H * L; ++r) {
     probe.entropy += entropy[r] / rows;
-    probe.max_weight += *std::max_element(weights.begin() + r * L, weights.begin() + (r + 1) * L) / rows;
+    probe.max_weight +=
+        *std::max_element(weights.begin() + r * L, weights.begin() + (r + 1) * L) / rows;
   }
   // The softmax gain of every row, from the weights and dP = dO·Vᵀ (fp64).
   std::vector<double> gains;

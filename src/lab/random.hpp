@@ -4,8 +4,8 @@
 #pragma once
 
 #include <cmath>
-#include <numbers>
 #include <cstdint>
+#include <numbers>
 #include <random>
 #include <vector>
 

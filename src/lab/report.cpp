@@ -19,11 +19,20 @@ std::string escape_html(const std::string& text) {
   out.reserve(text.size());
   for (char c : text) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -34,10 +43,14 @@ std::string escape_html(const std::string& text) {
 std::string script_safe_json(const Json& json) {
   std::string out;
   for (char c : json.dump()) {
-    if (c == '<') out += "\\u003c";
-    else if (c == '>') out += "\\u003e";
-    else if (c == '&') out += "\\u0026";
-    else out += c;
+    if (c == '<')
+      out += "\\u003c";
+    else if (c == '>')
+      out += "\\u003e";
+    else if (c == '&')
+      out += "\\u0026";
+    else
+      out += c;
   }
   return out;
 }
@@ -128,9 +141,10 @@ void write_table(std::ostringstream& html, const Table& table) {
 void write_claims(std::ostringstream& html, const std::vector<Claim>& claims) {
   html << "<ul class=\"claims\">\n";
   for (const Claim& c : claims)
-    html << "<li class=\"claim " << (c.supported ? "supported" : "refuted") << "\"><span class=\"badge\">"
-         << (c.supported ? "supported" : "not supported") << "</span>" << escape_html(c.statement)
-         << "<div class=\"evidence\">" << escape_html(c.evidence) << "</div></li>\n";
+    html << "<li class=\"claim " << (c.supported ? "supported" : "refuted")
+         << "\"><span class=\"badge\">" << (c.supported ? "supported" : "not supported")
+         << "</span>" << escape_html(c.statement) << "<div class=\"evidence\">"
+         << escape_html(c.evidence) << "</div></li>\n";
   html << "</ul>\n";
 }
 
@@ -141,8 +155,9 @@ void write_section(std::ostringstream& html, const Experiment& e) {
   write_claims(html, e.claims);
   html << "<div class=\"charts\">\n";
   for (std::size_t i = 0; i < e.charts.size(); ++i)
-    html << "<figure><canvas id=\"chart-" << escape_html(e.name) << "-" << i << "\" role=\"img\" aria-label=\""
-         << escape_html(e.charts[i].title) << "\"></canvas></figure>\n";
+    html << "<figure><canvas id=\"chart-" << escape_html(e.name) << "-" << i
+         << "\" role=\"img\" aria-label=\"" << escape_html(e.charts[i].title)
+         << "\"></canvas></figure>\n";
   html << "</div>\n";
   for (const Table& t : e.tables) write_table(html, t);
   html << "</section>\n";
@@ -181,8 +196,9 @@ std::string render_report(const std::vector<Experiment>& experiments, const std:
        << "<header>\n<h1>The theory of scaled dot-product attention, measured</h1>\n"
        << "<p class=\"muted\">sdpa lab report · sdpa " << escape_html(run_info.value("version", ""))
        << " · seed " << escape_html(run_info.value("seed", Json()).dump()) << " · "
-       << escape_html(run_info.value("mode", "")) << " · " << fixed(run_info.value("seconds", 0.0), 1)
-       << " s in all</p>\n<p class=\"summary\"><strong>" << supported << " of " << claims
+       << escape_html(run_info.value("mode", "")) << " · "
+       << fixed(run_info.value("seconds", 0.0), 1) << " s in all</p>\n<p class=\"summary\"><strong>"
+       << supported << " of " << claims
        << "</strong> claims supported by this run's measurements.</p>\n<nav><ul>\n";
   for (const Experiment& e : experiments) {
     std::size_t ok = 0;
@@ -190,7 +206,8 @@ std::string render_report(const std::vector<Experiment>& experiments, const std:
     html << "<li><a href=\"#" << escape_html(e.name) << "\">" << escape_html(e.title) << "</a> — "
          << ok << "/" << e.claims.size() << " supported</li>\n";
   }
-  html << "</ul></nav>\n<p class=\"muted\">Each verdict is computed from the numbers on this page by "
+  html << "</ul></nav>\n<p class=\"muted\">Each verdict is computed from the numbers on this page "
+          "by "
           "the rule stated after it; the same --seed gives the same numbers (timings aside).</p>\n"
           "</header>\n";
   for (const Experiment& e : experiments) write_section(html, e);

@@ -1,5 +1,5 @@
-// saturation: softmax([x, 0, 0, 0]) as x grows — the largest weight tends to 1, the entropy to 0 and
-// the Jacobian J = diag(p) − p·pᵀ (which multiplies every gradient flowing back through the
+// saturation: softmax([x, 0, 0, 0]) as x grows — the largest weight tends to 1, the entropy to 0
+// and the Jacobian J = diag(p) − p·pᵀ (which multiplies every gradient flowing back through the
 // softmax) to 0. Then the same effect in the fused kernel: the per-row entropy telemetry
 // (sdpa::Outputs::entropy) of attention over random unit-variance queries and keys, with and
 // without the 1/sqrt(d_k) scale.
@@ -33,18 +33,19 @@ SoftmaxPoint softmax_point(double x) {
 
 struct TelemetryRow {
   std::int64_t d;
-  double entropy_scaled, entropy_unscaled;          // mean over rows, nats (kernel telemetry)
-  double max_weight_scaled, max_weight_unscaled;    // mean over rows of max_j p_ij
-  double telemetry_error;                           // max |kernel entropy − (−Σ p log p)|
+  double entropy_scaled, entropy_unscaled;        // mean over rows, nats (kernel telemetry)
+  double max_weight_scaled, max_weight_unscaled;  // mean over rows of max_j p_ij
+  double telemetry_error;                         // max |kernel entropy − (−Σ p log p)|
 };
 
 /// One attention call with entropy telemetry and weights: mean entropy, mean max weight, and the
 /// largest disagreement between the telemetry and −Σ p log p recomputed from the weights.
-void measure(const SaturationConfig& c, std::int64_t d, std::vector<float>& q, std::vector<float>& k,
-             std::vector<float>& v, std::optional<float> scale, double& entropy, double& max_weight,
-             double& telemetry_error) {
+void measure(const SaturationConfig& c, std::int64_t d, std::vector<float>& q,
+             std::vector<float>& k, std::vector<float>& v, std::optional<float> scale,
+             double& entropy, double& max_weight, double& telemetry_error) {
   const std::int64_t H = c.heads, Lq = c.queries, Lk = c.keys;
-  std::vector<float> out(static_cast<std::size_t>(H * Lq * d)), rows(static_cast<std::size_t>(H * Lq));
+  std::vector<float> out(static_cast<std::size_t>(H * Lq * d)),
+      rows(static_cast<std::size_t>(H * Lq));
   std::vector<float> weights(static_cast<std::size_t>(H * Lq * Lk));
   Options options;
   options.scale = scale;
@@ -77,20 +78,21 @@ Experiment run_saturation(const SaturationConfig& config) {
   Experiment e;
   e.name = "saturation";
   e.title = "Large logits saturate the softmax and its gradient vanishes";
-  e.setup =
-      "Part 1: p = softmax([x, 0, 0, 0]) for x in [0, " + general(config.x_max) +
-      "]: the largest weight, the entropy −Σ p log p, and the Frobenius norm of the Jacobian "
-      "diag(p) − p·pᵀ (sdpa::softmax_jacobian). Part 2: the fused kernel's per-row entropy "
-      "telemetry (sdpa::Outputs::entropy) for " + std::to_string(config.heads) + " heads × " +
-      std::to_string(config.queries) + " queries over " + std::to_string(config.keys) +
-      " keys, q, k, v ~ N(0, I), with scale 1/sqrt(d_k) and with scale 1.";
-  e.parameters = {{"seed", config.seed},   {"x_max", config.x_max}, {"x_step", config.x_step},
-                  {"keys", config.keys},   {"queries", config.queries}, {"heads", config.heads},
+  e.setup = "Part 1: p = softmax([x, 0, 0, 0]) for x in [0, " + general(config.x_max) +
+            "]: the largest weight, the entropy −Σ p log p, and the Frobenius norm of the Jacobian "
+            "diag(p) − p·pᵀ (sdpa::softmax_jacobian). Part 2: the fused kernel's per-row entropy "
+            "telemetry (sdpa::Outputs::entropy) for " +
+            std::to_string(config.heads) + " heads × " + std::to_string(config.queries) +
+            " queries over " + std::to_string(config.keys) +
+            " keys, q, k, v ~ N(0, I), with scale 1/sqrt(d_k) and with scale 1.";
+  e.parameters = {{"seed", config.seed}, {"x_max", config.x_max},     {"x_step", config.x_step},
+                  {"keys", config.keys}, {"queries", config.queries}, {"heads", config.heads},
                   {"dims", config.dims}};
 
   // Part 1: the 4-way softmax.
   std::vector<SoftmaxPoint> points;
-  for (int i = 0; config.x_step * i <= config.x_max + 1e-9; ++i) points.push_back(softmax_point(config.x_step * i));
+  for (int i = 0; config.x_step * i <= config.x_max + 1e-9; ++i)
+    points.push_back(softmax_point(config.x_step * i));
   Series max_weight{"max weight", {}, {}}, entropy{"entropy (nats)", {}, {}}, norm{"‖J‖_F", {}, {}};
   Table softmax_table{"softmax([x, 0, 0, 0])", {"x", "max weight", "entropy", "‖J‖_F"}, {}};
   Json softmax_rows = Json::array();
@@ -98,13 +100,21 @@ Experiment run_saturation(const SaturationConfig& config) {
     max_weight.x.push_back(p.x), max_weight.y.push_back(p.max_weight);
     entropy.x.push_back(p.x), entropy.y.push_back(p.entropy);
     norm.x.push_back(p.x), norm.y.push_back(p.jacobian_norm);
-    softmax_rows.push_back({{"x", p.x}, {"max_weight", p.max_weight}, {"entropy", p.entropy},
+    softmax_rows.push_back({{"x", p.x},
+                            {"max_weight", p.max_weight},
+                            {"entropy", p.entropy},
                             {"jacobian_norm", p.jacobian_norm}});
     if (std::fmod(p.x + 1e-9, 1.0) < 1e-6)  // the table shows integer x only
       softmax_table.rows.push_back({general(p.x, 3), fixed(p.max_weight, 5), general(p.entropy, 4),
                                     general(p.jacobian_norm, 4)});
   }
-  e.charts.push_back({"softmax([x, 0, 0, 0]) as x grows", "x", "value", false, false, false, {},
+  e.charts.push_back({"softmax([x, 0, 0, 0]) as x grows",
+                      "x",
+                      "value",
+                      false,
+                      false,
+                      false,
+                      {},
                       {max_weight, entropy, norm}});
 
   // Part 2: the kernel's entropy telemetry.
@@ -116,14 +126,18 @@ Experiment run_saturation(const SaturationConfig& config) {
     auto v = random.normals(k.size());
     TelemetryRow row{d, 0, 0, 0, 0, 0};
     double error_scaled = 0, error_unscaled = 0;
-    measure(config, d, q, k, v, std::nullopt, row.entropy_scaled, row.max_weight_scaled, error_scaled);
-    measure(config, d, q, k, v, 1.0f, row.entropy_unscaled, row.max_weight_unscaled, error_unscaled);
+    measure(config, d, q, k, v, std::nullopt, row.entropy_scaled, row.max_weight_scaled,
+            error_scaled);
+    measure(config, d, q, k, v, 1.0f, row.entropy_unscaled, row.max_weight_unscaled,
+            error_unscaled);
     row.telemetry_error = std::max(error_scaled, error_unscaled);
     telemetry.push_back(row);
   }
   const double log_keys = std::log(static_cast<double>(config.keys));
-  Table telemetry_table{"Kernel entropy telemetry (mean over rows; log Lk = " + fixed(log_keys, 3) + ")",
-                        {"d_k", "H scaled", "H unscaled", "max p scaled", "max p unscaled"}, {}};
+  Table telemetry_table{
+      "Kernel entropy telemetry (mean over rows; log Lk = " + fixed(log_keys, 3) + ")",
+      {"d_k", "H scaled", "H unscaled", "max p scaled", "max p unscaled"},
+      {}};
   Series h_scaled{"scaled 1/sqrt(d_k)", {}, {}}, h_unscaled{"unscaled", {}, {}};
   Series h_theory{"log Lk − 1/2 (theory, scaled)", {}, {}, true};
   Json telemetry_rows = Json::array();
@@ -133,7 +147,8 @@ Experiment run_saturation(const SaturationConfig& config) {
     telemetry_table.rows.push_back({std::to_string(r.d), fixed(r.entropy_scaled, 3),
                                     fixed(r.entropy_unscaled, 3), fixed(r.max_weight_scaled, 3),
                                     fixed(r.max_weight_unscaled, 3)});
-    telemetry_rows.push_back({{"d_k", r.d}, {"entropy_scaled", r.entropy_scaled},
+    telemetry_rows.push_back({{"d_k", r.d},
+                              {"entropy_scaled", r.entropy_scaled},
                               {"entropy_unscaled", r.entropy_unscaled},
                               {"max_weight_scaled", r.max_weight_scaled},
                               {"max_weight_unscaled", r.max_weight_unscaled},
@@ -144,8 +159,13 @@ Experiment run_saturation(const SaturationConfig& config) {
     worst_theory_gap = std::max(worst_theory_gap, std::abs(r.entropy_scaled - (log_keys - 0.5)));
     worst_telemetry_error = std::max(worst_telemetry_error, r.telemetry_error);
   }
-  e.charts.push_back({"Attention entropy from the kernel's telemetry vs d_k", "d_k",
-                      "mean row entropy (nats)", false, true, false, {},
+  e.charts.push_back({"Attention entropy from the kernel's telemetry vs d_k",
+                      "d_k",
+                      "mean row entropy (nats)",
+                      false,
+                      true,
+                      false,
+                      {},
                       {h_scaled, h_unscaled, h_theory}});
   e.tables.push_back(std::move(softmax_table));
   e.tables.push_back(std::move(telemetry_table));
@@ -157,7 +177,8 @@ Experiment run_saturation(const SaturationConfig& config) {
   for (const SoftmaxPoint& p : points) peak_norm = std::max(peak_norm, p.jacobian_norm);
   bool non_increasing = true;
   for (std::size_t i = 1; i < points.size(); ++i)
-    non_increasing = non_increasing && points[i].jacobian_norm <= points[i - 1].jacobian_norm * (1 + 1e-12);
+    non_increasing =
+        non_increasing && points[i].jacobian_norm <= points[i - 1].jacobian_norm * (1 + 1e-12);
   e.claims.push_back(
       {"As one logit grows the softmax saturates: the largest weight tends to 1, the entropy to 0, "
        "and the Jacobian norm — the factor on every gradient through the softmax — vanishes.",
@@ -174,7 +195,8 @@ Experiment run_saturation(const SaturationConfig& config) {
        "towards one-hot as d_k grows, while 1/sqrt(d_k) keeps the entropy at log Lk − 1/2 "
        "(softmax of unit-variance logits) for every d_k.",
        widest.entropy_unscaled < 0.1 * log_keys && worst_theory_gap <= 0.1,
-       "d_k = " + std::to_string(widest.d) + ": unscaled entropy " + fixed(widest.entropy_unscaled, 3) +
+       "d_k = " + std::to_string(widest.d) + ": unscaled entropy " +
+           fixed(widest.entropy_unscaled, 3) +
            " nats = " + percent(widest.entropy_unscaled / log_keys) + " of log Lk (max weight " +
            fixed(widest.max_weight_unscaled, 3) + "); scaled entropy within " +
            fixed(worst_theory_gap, 3) + " nats of log Lk − 1/2 = " + fixed(log_keys - 0.5, 3) +
@@ -182,7 +204,8 @@ Experiment run_saturation(const SaturationConfig& config) {
   e.claims.push_back(
       {"Measurement check: the kernel's entropy telemetry equals −Σ p log p of its own weights.",
        worst_telemetry_error <= 1e-4,
-       "largest difference " + general(worst_telemetry_error, 3) + " nats over every row (verdict: ≤ 1e-4)"});
+       "largest difference " + general(worst_telemetry_error, 3) +
+           " nats over every row (verdict: ≤ 1e-4)"});
   e.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return e;
 }

@@ -11,7 +11,8 @@ RetrievalTask::RetrievalTask(const TrainConfig& c, std::uint64_t seed)
     : pairs_(c.pairs), vocabulary_(c.vocabulary), d_model_(c.d_model) {
   if (c.pairs < 2) fail("--pairs = ", c.pairs, ": expected >= 2");
   if (c.vocabulary < c.pairs)
-    fail("--vocabulary = ", c.vocabulary, " must be >= --pairs = ", c.pairs, " (keys are distinct)");
+    fail("--vocabulary = ", c.vocabulary, " must be >= --pairs = ", c.pairs,
+         " (keys are distinct)");
   if (c.d_model < 1) fail("--d-model = ", c.d_model, ": expected >= 1");
   Random random(seed);
   const double sigma = std::sqrt(0.5);

@@ -19,8 +19,8 @@ namespace sdpa::lab {
 
 struct RetrievalBatch {
   std::int64_t size = 0;
-  std::vector<float> queries;       // [B, 1, d_model]
-  std::vector<float> items;         // [B, pairs, d_model]
+  std::vector<float> queries;         // [B, 1, d_model]
+  std::vector<float> items;           // [B, pairs, d_model]
   std::vector<std::int32_t> answers;  // [B]: the value symbol of the queried key
 };
 
@@ -36,7 +36,7 @@ class RetrievalTask {
  private:
   std::int64_t pairs_, vocabulary_, d_model_;
   std::vector<float> key_embedding_, value_embedding_;  // [vocabulary, d_model]
-  std::vector<float> query_marker_;                      // [d_model]
+  std::vector<float> query_marker_;                     // [d_model]
 };
 
 }  // namespace sdpa::lab

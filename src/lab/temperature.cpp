@@ -17,28 +17,33 @@ Experiment run_temperature(const TemperatureConfig& config) {
   e.name = "temperature";
   e.title = "Temperature: low τ saturates the softmax, high τ flattens it";
   const std::int64_t d = config.dim, L = config.length, H = config.heads;
-  e.setup = "softmax(Q·Kᵀ/τ)·V for τ = r·sqrt(d_k), r = 2^(k/2), k = −10…6, with q, k, v and dL/d(out) ~ "
-            "N(0, I), d_k = " + std::to_string(d) + ", " + std::to_string(H) + " heads, Lq = Lk = " +
-            std::to_string(L) + ". Per setting: mean row entropy (kernel telemetry), mean largest "
-            "weight, the RMS of dL/dQ and dL/dK (sdpa::backward), and the softmax's gain per row "
-            "‖dS_i‖/‖dP_i‖ — the part of the upstream gradient dP = dO·Vᵀ that reaches the logits — "
-            "and (1/τ)·gain, the part that reaches the raw scores q·k. A row with gain < 1e-3 counts "
-            "as saturated.";
+  e.setup =
+      "softmax(Q·Kᵀ/τ)·V for τ = r·sqrt(d_k), r = 2^(k/2), k = −10…6, with q, k, v and dL/d(out) ~ "
+      "N(0, I), d_k = " +
+      std::to_string(d) + ", " + std::to_string(H) + " heads, Lq = Lk = " + std::to_string(L) +
+      ". Per setting: mean row entropy (kernel telemetry), mean largest "
+      "weight, the RMS of dL/dQ and dL/dK (sdpa::backward), and the softmax's gain per row "
+      "‖dS_i‖/‖dP_i‖ — the part of the upstream gradient dP = dO·Vᵀ that reaches the logits — "
+      "and (1/τ)·gain, the part that reaches the raw scores q·k. A row with gain < 1e-3 counts "
+      "as saturated.";
   e.parameters = {{"seed", config.seed}, {"dim", d}, {"length", L}, {"heads", H}};
 
   Random random(config.seed);
   AttentionInputs in;
   in.heads = H, in.length = L, in.dim = d;
   const auto n = static_cast<std::size_t>(H * L * d);
-  in.q = random.normals(n), in.k = random.normals(n), in.v = random.normals(n), in.dout = random.normals(n);
+  in.q = random.normals(n), in.k = random.normals(n), in.v = random.normals(n),
+  in.dout = random.normals(n);
 
   const double log_l = std::log(static_cast<double>(L)), sqrt_d = std::sqrt(static_cast<double>(d));
   Table table{"Attention vs temperature (d_k = " + std::to_string(d) + ")",
               {"τ/√d_k", "entropy/log Lk", "max weight", "saturated rows", "median gain",
-               "median gain/τ", "RMS dQ", "RMS dK"}, {}};
+               "median gain/τ", "RMS dQ", "RMS dK"},
+              {}};
   Series entropy{"entropy / log Lk", {}, {}}, max_weight{"mean max weight", {}, {}};
   Series saturated{"saturated rows (fraction)", {}, {}, true};
-  Series gain{"median gain to the logits ‖dS‖/‖dP‖", {}, {}}, score_gain{"median gain to q·k (gain/τ)", {}, {}};
+  Series gain{"median gain to the logits ‖dS‖/‖dP‖", {}, {}},
+      score_gain{"median gain to q·k (gain/τ)", {}, {}};
   Json rows = Json::array();
   std::vector<AttentionProbe> probes;
   std::vector<double> ratios, score_gains;
@@ -50,12 +55,19 @@ Experiment run_temperature(const TemperatureConfig& config) {
     score_gains.push_back(p.median_gain / tau);
     table.rows.push_back({general(r, 3), fixed(p.entropy / log_l, 3), fixed(p.max_weight, 3),
                           percent(p.saturated_fraction), general(p.median_gain, 3),
-                          general(p.median_gain / tau, 3), general(p.rms_dq, 3), general(p.rms_dk, 3)});
-    rows.push_back({{"tau_over_sqrt_d", r}, {"tau", tau}, {"entropy", p.entropy},
-                    {"max_weight", p.max_weight}, {"saturated_fraction", p.saturated_fraction},
-                    {"median_gain", p.median_gain}, {"mean_gain", p.mean_gain},
-                    {"median_score_gain", p.median_gain / tau}, {"rms_dq", p.rms_dq},
-                    {"rms_dk", p.rms_dk}, {"rms_dv", p.rms_dv}});
+                          general(p.median_gain / tau, 3), general(p.rms_dq, 3),
+                          general(p.rms_dk, 3)});
+    rows.push_back({{"tau_over_sqrt_d", r},
+                    {"tau", tau},
+                    {"entropy", p.entropy},
+                    {"max_weight", p.max_weight},
+                    {"saturated_fraction", p.saturated_fraction},
+                    {"median_gain", p.median_gain},
+                    {"mean_gain", p.mean_gain},
+                    {"median_score_gain", p.median_gain / tau},
+                    {"rms_dq", p.rms_dq},
+                    {"rms_dk", p.rms_dk},
+                    {"rms_dv", p.rms_dv}});
     entropy.x.push_back(r), entropy.y.push_back(p.entropy / log_l);
     max_weight.x.push_back(r), max_weight.y.push_back(p.max_weight);
     saturated.x.push_back(r), saturated.y.push_back(p.saturated_fraction);
@@ -64,10 +76,22 @@ Experiment run_temperature(const TemperatureConfig& config) {
   }
   e.data = {{"rows", rows}, {"log_lk", log_l}, {"saturated_gain", kSaturatedGain}};
   e.tables.push_back(std::move(table));
-  e.charts.push_back({"Sharpness vs temperature", "τ / sqrt(d_k)", "fraction", false, true, false, {},
+  e.charts.push_back({"Sharpness vs temperature",
+                      "τ / sqrt(d_k)",
+                      "fraction",
+                      false,
+                      true,
+                      false,
+                      {},
                       {entropy, max_weight, saturated}});
-  e.charts.push_back({"Gradient passed by the softmax vs temperature (median row)", "τ / sqrt(d_k)",
-                      "gain", false, true, true, {}, {gain, score_gain}});
+  e.charts.push_back({"Gradient passed by the softmax vs temperature (median row)",
+                      "τ / sqrt(d_k)",
+                      "gain",
+                      false,
+                      true,
+                      true,
+                      {},
+                      {gain, score_gain}});
 
   const std::size_t last = probes.size() - 1, standard = 10;  // r = 1 is k = 0, index 10
   bool monotone = true;
@@ -80,13 +104,14 @@ Experiment run_temperature(const TemperatureConfig& config) {
        monotone,
        std::string(monotone ? "monotone" : "not monotone") + " over all " +
            std::to_string(probes.size()) + " temperatures: entropy/log Lk from " +
-           fixed(probes.front().entropy / log_l, 3) + " to " + fixed(probes[last].entropy / log_l, 3) +
-           ", max weight from " + fixed(probes.front().max_weight, 3) + " to " +
-           fixed(probes[last].max_weight, 3)});
+           fixed(probes.front().entropy / log_l, 3) + " to " +
+           fixed(probes[last].entropy / log_l, 3) + ", max weight from " +
+           fixed(probes.front().max_weight, 3) + " to " + fixed(probes[last].max_weight, 3)});
 
   double unsaturated_from_half = 0;  // the most saturated fraction at τ ≥ sqrt(d_k)/2
   for (std::size_t i = 0; i < probes.size(); ++i)
-    if (ratios[i] >= 0.5 - 1e-9) unsaturated_from_half = std::max(unsaturated_from_half, probes[i].saturated_fraction);
+    if (ratios[i] >= 0.5 - 1e-9)
+      unsaturated_from_half = std::max(unsaturated_from_half, probes[i].saturated_fraction);
   e.claims.push_back(
       {"Too low a temperature saturates the softmax: at τ = sqrt(d_k)/32 most rows pass less than "
        "1/1000 of their upstream gradient to the logits, while at τ ≥ sqrt(d_k)/2 no row does.",
@@ -98,14 +123,17 @@ Experiment run_temperature(const TemperatureConfig& config) {
   std::size_t peak = 0;
   for (std::size_t i = 1; i < score_gains.size(); ++i)
     if (score_gains[i] > score_gains[peak]) peak = i;
-  const double low = score_gains.front() / score_gains[peak], high = score_gains[last] / score_gains[peak];
+  const double low = score_gains.front() / score_gains[peak],
+               high = score_gains[last] / score_gains[peak];
   e.claims.push_back(
-      {"The gradient reaching the scores q·k vanishes at both extremes: saturation at low τ, the 1/τ "
+      {"The gradient reaching the scores q·k vanishes at both extremes: saturation at low τ, the "
+       "1/τ "
        "factor on nearly uniform weights at high τ.",
        low < 0.05 && high < 0.05 && peak != 0 && peak != last,
-       "median gain to q·k peaks at τ = " + general(ratios[peak], 3) + "·sqrt(d_k); at sqrt(d_k)/32 it is " +
-           percent(low) + " of the peak, at 8·sqrt(d_k) " + percent(high) + ", at sqrt(d_k) " +
-           percent(score_gains[standard] / score_gains[peak]) + " (verdict: both ends < 5%)"});
+       "median gain to q·k peaks at τ = " + general(ratios[peak], 3) +
+           "·sqrt(d_k); at sqrt(d_k)/32 it is " + percent(low) + " of the peak, at 8·sqrt(d_k) " +
+           percent(high) + ", at sqrt(d_k) " + percent(score_gains[standard] / score_gains[peak]) +
+           " (verdict: both ends < 5%)"});
   e.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return e;
 }

@@ -72,7 +72,8 @@ struct Readout {
   }
 
   /// Loss and accuracy; with dy non-empty also dy = dL/dy and the readout's own gradients.
-  BatchResult loss(const std::vector<float>& y, const RetrievalBatch& batch, std::vector<float>* dy) {
+  BatchResult loss(const std::vector<float>& y, const RetrievalBatch& batch,
+                   std::vector<float>* dy) {
     const std::int64_t B = batch.size;
     std::vector<float> logits(static_cast<std::size_t>(B * vocabulary));
     layer::gemm(false, false, B, vocabulary, d_model, y.data(), d_model, w.data(), vocabulary, 0.0f,
@@ -90,15 +91,16 @@ struct Readout {
       result.loss += (std::log(sum) + max_logit - row[answer]) / static_cast<double>(B);
       result.accuracy += (best == answer ? 1.0 : 0.0) / static_cast<double>(B);
       for (std::int64_t c = 0; c < vocabulary; ++c)
-        dlogits[s * vocabulary + c] = static_cast<float>(
-            (std::exp(row[c] - max_logit) / sum - (c == answer ? 1.0 : 0.0)) / static_cast<double>(B));
+        dlogits[s * vocabulary + c] =
+            static_cast<float>((std::exp(row[c] - max_logit) / sum - (c == answer ? 1.0 : 0.0)) /
+                               static_cast<double>(B));
     }
     if (dy != nullptr) {
       dy->resize(y.size());
-      layer::gemm(false, true, B, d_model, vocabulary, dlogits.data(), vocabulary, w.data(), vocabulary,
-                  0.0f, dy->data(), d_model);
-      layer::gemm(true, false, d_model, vocabulary, B, y.data(), d_model, dlogits.data(), vocabulary,
-                  0.0f, dw.data(), vocabulary);
+      layer::gemm(false, true, B, d_model, vocabulary, dlogits.data(), vocabulary, w.data(),
+                  vocabulary, 0.0f, dy->data(), d_model);
+      layer::gemm(true, false, d_model, vocabulary, B, y.data(), d_model, dlogits.data(),
+                  vocabulary, 0.0f, dw.data(), vocabulary);
       layer::column_sums(dlogits.data(), B, vocabulary, db.data());
     }
     return result;
@@ -114,13 +116,17 @@ double mean(const std::vector<float>& x) {
   return x.empty() ? 0.0 : sum / static_cast<double>(x.size());
 }
 
-// ---- dot-product model ----------------------------------------------------------------------------
+// ---- dot-product model
+// ----------------------------------------------------------------------------
 
 class DotProductModel final : public RetrievalModel {
  public:
   DotProductModel(const TrainConfig& c, ScaleMode mode, std::uint64_t seed)
-      : config_(c), mode_(mode), layer_({c.d_model, c.heads, 0, c.d_k, c.d_k, true}),
-        random_(seed ^ kReadoutSeed), readout_(c.d_model, c.vocabulary, random_) {
+      : config_(c),
+        mode_(mode),
+        layer_({c.d_model, c.heads, 0, c.d_k, c.d_k, true}),
+        random_(seed ^ kReadoutSeed),
+        readout_(c.d_model, c.vocabulary, random_) {
     layer_.init_parameters(seed);
   }
 
@@ -162,25 +168,26 @@ class DotProductModel final : public RetrievalModel {
       grads.dscale = &dscale;
       layer_.backward(batch.queries, batch.items, activations_, options, dy, grads);
       // scale = exp(θ)/sqrt(d_k) ⇒ dL/dθ = dL/dscale · scale.
-      log_temperature_grad_[0] = mode_ == ScaleMode::learnable
-                                     ? static_cast<float>(dscale * attention_scale())
-                                     : 0.0f;
+      log_temperature_grad_[0] =
+          mode_ == ScaleMode::learnable ? static_cast<float>(dscale * attention_scale()) : 0.0f;
     }
     return result;
   }
 
   std::vector<ParameterRef> parameters() override {
     MhaParameters& p = layer_.parameters();
-    std::vector<ParameterRef> refs = {
-        {p.w_q, grads_.w_q}, {p.w_k, grads_.w_k}, {p.w_v, grads_.w_v}, {p.w_o, grads_.w_o},
-        {p.b_q, grads_.b_q}, {p.b_k, grads_.b_k}, {p.b_v, grads_.b_v}, {p.b_o, grads_.b_o},
-        {readout_.w, readout_.dw}, {readout_.b, readout_.db}};
+    std::vector<ParameterRef> refs = {{p.w_q, grads_.w_q},       {p.w_k, grads_.w_k},
+                                      {p.w_v, grads_.w_v},       {p.w_o, grads_.w_o},
+                                      {p.b_q, grads_.b_q},       {p.b_k, grads_.b_k},
+                                      {p.b_v, grads_.b_v},       {p.b_o, grads_.b_o},
+                                      {readout_.w, readout_.dw}, {readout_.b, readout_.db}};
     if (mode_ == ScaleMode::learnable) refs.push_back({log_temperature_, log_temperature_grad_});
     return refs;
   }
 
   std::int64_t parameter_count() const override {
-    return layer_.parameter_count() + static_cast<std::int64_t>(readout_.w.size() + readout_.b.size()) +
+    return layer_.parameter_count() +
+           static_cast<std::int64_t>(readout_.w.size() + readout_.b.size()) +
            (mode_ == ScaleMode::learnable ? 1 : 0);
   }
 
@@ -196,12 +203,15 @@ class DotProductModel final : public RetrievalModel {
   std::vector<float> log_temperature_{0.0f}, log_temperature_grad_{0.0f};
 };
 
-// ---- additive model ---------------------------------------------------------------------------------
+// ---- additive model
+// ---------------------------------------------------------------------------------
 
 class AdditiveModel final : public RetrievalModel {
  public:
   AdditiveModel(const TrainConfig& c, std::uint64_t seed)
-      : config_(c), layer_(c.d_model, c.heads * c.d_k, c.heads * c.d_k), random_(seed ^ kReadoutSeed),
+      : config_(c),
+        layer_(c.d_model, c.heads * c.d_k, c.heads * c.d_k),
+        random_(seed ^ kReadoutSeed),
         readout_(c.d_model, c.vocabulary, random_) {
     layer_.init_parameters(seed);
   }
@@ -209,7 +219,8 @@ class AdditiveModel final : public RetrievalModel {
   BatchResult run(const RetrievalBatch& batch, bool train) override {
     const std::int64_t B = batch.size, N = config_.pairs, d = config_.d_model;
     std::vector<float> y(static_cast<std::size_t>(B * d)), entropy(static_cast<std::size_t>(B));
-    layer_.forward(batch.queries, batch.items, B, 1, N, y, train ? &activations_ : nullptr, entropy);
+    layer_.forward(batch.queries, batch.items, B, 1, N, y, train ? &activations_ : nullptr,
+                   entropy);
     std::vector<float> dy;
     BatchResult result = readout_.loss(y, batch, train ? &dy : nullptr);
     result.entropy = mean(entropy);
@@ -219,13 +230,15 @@ class AdditiveModel final : public RetrievalModel {
 
   std::vector<ParameterRef> parameters() override {
     AdditiveParameters& p = layer_.parameters();
-    return {{p.w_1, grads_.w_1}, {p.w_2, grads_.w_2}, {p.b_a, grads_.b_a}, {p.v_a, grads_.v_a},
-            {p.w_v, grads_.w_v}, {p.b_v, grads_.b_v}, {p.w_o, grads_.w_o}, {p.b_o, grads_.b_o},
-            {readout_.w, readout_.dw}, {readout_.b, readout_.db}};
+    return {{p.w_1, grads_.w_1},      {p.w_2, grads_.w_2}, {p.b_a, grads_.b_a},
+            {p.v_a, grads_.v_a},      {p.w_v, grads_.w_v}, {p.b_v, grads_.b_v},
+            {p.w_o, grads_.w_o},      {p.b_o, grads_.b_o}, {readout_.w, readout_.dw},
+            {readout_.b, readout_.db}};
   }
 
   std::int64_t parameter_count() const override {
-    return layer_.parameter_count() + static_cast<std::int64_t>(readout_.w.size() + readout_.b.size());
+    return layer_.parameter_count() +
+           static_cast<std::int64_t>(readout_.w.size() + readout_.b.size());
   }
 
  private:
@@ -293,7 +306,8 @@ Curve train(RetrievalModel& model, const RetrievalTask& task, const TrainConfig&
     const auto start = std::chrono::steady_clock::now();
     model.run(batch, true);
     optimizer.step(model.parameters());
-    train_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    train_seconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (step % config.eval_every == 0 || step == config.steps) evaluate(step);
     if (tick) tick(step, curve);
   }
@@ -302,11 +316,15 @@ Curve train(RetrievalModel& model, const RetrievalTask& task, const TrainConfig&
 }
 
 Json curve_json(const Curve& c) {
-  return {{"label", c.label},       {"parameters", c.parameters},
+  return {{"label", c.label},
+          {"parameters", c.parameters},
           {"seconds_per_step", c.seconds_per_step},
-          {"final_accuracy", c.final_accuracy()}, {"mean_accuracy", c.mean_accuracy()},
-          {"steps", c.steps},       {"loss", c.loss},
-          {"accuracy", c.accuracy}, {"entropy", c.entropy},
+          {"final_accuracy", c.final_accuracy()},
+          {"mean_accuracy", c.mean_accuracy()},
+          {"steps", c.steps},
+          {"loss", c.loss},
+          {"accuracy", c.accuracy},
+          {"entropy", c.entropy},
           {"scale", c.scale}};
 }
 
@@ -336,7 +354,8 @@ std::vector<Curve> train_variants(const std::vector<Variant>& variants, const Tr
   Random eval_random(config.seed + 3);
   const RetrievalBatch eval_set = task.sample(config.eval_size, eval_random);
   std::vector<Curve> curves;
-  const double total = static_cast<double>(variants.size() * static_cast<std::size_t>(config.steps));
+  const double total =
+      static_cast<double>(variants.size() * static_cast<std::size_t>(config.steps));
   for (std::size_t v = 0; v < variants.size(); ++v) {
     auto model = variants[v].make();
     auto tick = [&](std::int64_t step, const Curve& curve) {
@@ -347,7 +366,8 @@ std::vector<Curve> train_variants(const std::vector<Variant>& variants, const Tr
                                  std::to_string(step) + "/" + std::to_string(config.steps) +
                                  " · acc " + std::to_string(curve.accuracy.back()).substr(0, 5));
     };
-    curves.push_back(train(*model, task, config, eval_set, config.seed + 2, variants[v].label, tick));
+    curves.push_back(
+        train(*model, task, config, eval_set, config.seed + 2, variants[v].label, tick));
   }
   return curves;
 }

@@ -58,7 +58,9 @@ Experiment run_variance(const VarianceConfig& config) {
   e.parameters = {{"seed", config.seed}, {"samples", config.samples}, {"dims", config.dims}};
 
   Random random(config.seed);
-  Table table{"Var(q·k), q, k ~ N(0, I)", {"d_k", "Var(q·k)", "± s.e.", "Var(q·k/√d_k)", "|Var − d_k| / s.e."}, {}};
+  Table table{"Var(q·k), q, k ~ N(0, I)",
+              {"d_k", "Var(q·k)", "± s.e.", "Var(q·k/√d_k)", "|Var − d_k| / s.e."},
+              {}};
   Series measured{"measured Var(q·k)", {}, {}}, theory{"theory: d_k", {}, {}, true};
   Series scaled{"measured Var(q·k / sqrt(d_k))", {}, {}}, one{"theory: 1", {}, {}, true};
   Json rows = Json::array();
@@ -76,8 +78,11 @@ Experiment run_variance(const VarianceConfig& config) {
     worst_scaled_deviation = std::max(worst_scaled_deviation, std::abs(m.variance / dd - 1));
     table.rows.push_back({std::to_string(d), general(m.variance, 5), general(m.standard_error, 3),
                           fixed(m.variance / dd, 4), fixed(z, 2)});
-    rows.push_back({{"d_k", d}, {"variance", m.variance}, {"standard_error", m.standard_error},
-                    {"scaled_variance", m.variance / dd}, {"z", z}});
+    rows.push_back({{"d_k", d},
+                    {"variance", m.variance},
+                    {"standard_error", m.standard_error},
+                    {"scaled_variance", m.variance / dd},
+                    {"z", z}});
     measured.x.push_back(dd), measured.y.push_back(m.variance);
     theory.x.push_back(dd), theory.y.push_back(dd);
     scaled.x.push_back(dd), scaled.y.push_back(m.variance / dd);
@@ -85,18 +90,18 @@ Experiment run_variance(const VarianceConfig& config) {
   }
   e.data = {{"rows", rows}};
   e.tables.push_back(std::move(table));
-  e.charts.push_back({"Var(q·k) vs d_k (log–log)", "d_k", "variance", false, true, true, {},
-                      {measured, theory}});
-  e.charts.push_back({"Var(q·k / sqrt(d_k)) vs d_k", "d_k", "variance", false, true, false, {},
-                      {scaled, one}});
+  e.charts.push_back(
+      {"Var(q·k) vs d_k (log–log)", "d_k", "variance", false, true, true, {}, {measured, theory}});
+  e.charts.push_back(
+      {"Var(q·k / sqrt(d_k)) vs d_k", "d_k", "variance", false, true, false, {}, {scaled, one}});
 
   // Sampling noise of a variance estimate is ~N(0, s.e.): |z| ≤ 4 at all 11 sizes is what a true
   // Var = d_k gives with probability > 99.9%.
   e.claims.push_back({"Var(q·k) = d_k: the dot product's variance grows linearly with d_k.",
                       worst_z <= 4,
                       "largest deviation from d_k: " + fixed(worst_z, 2) +
-                          " standard errors over d_k = " + std::to_string(config.dims.front()) + "…" +
-                          std::to_string(config.dims.back()) + " (verdict: ≤ 4)"});
+                          " standard errors over d_k = " + std::to_string(config.dims.front()) +
+                          "…" + std::to_string(config.dims.back()) + " (verdict: ≤ 4)"});
   // Least-squares slope of log Var(q·k/sqrt(d_k)) against log d_k: 0 when scaling removes the
   // dependence (the unscaled slope is this plus 1). Its sampling error here is about 0.005.
   const double slope = log_log_slope(scaled.x, scaled.y);

@@ -23,8 +23,8 @@ MhaConfig resolve(MhaConfig c) {
     fail("MhaConfig.heads = ", c.heads, " is not a multiple of MhaConfig.kv_heads = ", c.kv_heads);
   if (c.d_k == 0) c.d_k = c.d_model / c.heads;
   if (c.d_k < 1)
-    fail("MhaConfig.d_k = ", c.d_k, ": expected >= 1 (0 = d_model / heads = ",
-         c.d_model / c.heads, ")");
+    fail("MhaConfig.d_k = ", c.d_k, ": expected >= 1 (0 = d_model / heads = ", c.d_model / c.heads,
+         ")");
   if (c.d_v == 0) c.d_v = c.d_k;
   if (c.d_v < 1) fail("MhaConfig.d_v = ", c.d_v, ": expected >= 1 (or 0 = d_k)");
   return c;
@@ -99,7 +99,8 @@ void MultiHeadAttention::init_parameters(std::uint64_t seed) {
   fill_uniform(parameters_.w_k, input_bound, generator);
   fill_uniform(parameters_.w_v, input_bound, generator);
   fill_uniform(parameters_.w_o, output_bound, generator);
-  for (std::vector<float>* b : {&parameters_.b_q, &parameters_.b_k, &parameters_.b_v, &parameters_.b_o})
+  for (std::vector<float>* b :
+       {&parameters_.b_q, &parameters_.b_k, &parameters_.b_v, &parameters_.b_o})
     std::fill(b->begin(), b->end(), 0.0f);
 }
 
@@ -128,7 +129,8 @@ void MultiHeadAttention::forward(std::span<const float> x_q, std::span<const flo
   check_size(x_q.size(), batch * len_q * c.d_model, "x_q", "batch·len_q·d_model");
   check_size(x_kv.size(), batch * len_k * c.d_model, "x_kv", "batch·len_k·d_model");
   check_size(y.size(), batch * len_q * c.d_model, "y", "batch·len_q·d_model");
-  if (!entropy.empty()) check_size(entropy.size(), batch * c.heads * len_q, "entropy", "batch·heads·len_q");
+  if (!entropy.empty())
+    check_size(entropy.size(), batch * c.heads * len_q, "entropy", "batch·heads·len_q");
 
   // Everything goes to local buffers first: an argument error from the kernel leaves y and
   // `activations` untouched.
@@ -227,12 +229,12 @@ void MultiHeadAttention::backward(std::span<const float> x_q, std::span<const fl
 
   // dx_q = dq · W_qᵀ;  dx_kv = dk · W_kᵀ + dv · W_vᵀ (added to dx_q when the buffers are one).
   const bool aliased = grads.dx_q.data() == grads.dx_kv.data();
-  layer::gemm(false, true, B * Lq, c.d_model, w.q, dq.data(), w.q, parameters_.w_q.data(), w.q, 0.0f,
-              grads.dx_q.data(), c.d_model);
+  layer::gemm(false, true, B * Lq, c.d_model, w.q, dq.data(), w.q, parameters_.w_q.data(), w.q,
+              0.0f, grads.dx_q.data(), c.d_model);
   layer::gemm(false, true, B * Lk, c.d_model, w.k, dk.data(), w.k, parameters_.w_k.data(), w.k,
               aliased ? 1.0f : 0.0f, grads.dx_kv.data(), c.d_model);
-  layer::gemm(false, true, B * Lk, c.d_model, w.v, dv.data(), w.v, parameters_.w_v.data(), w.v, 1.0f,
-              grads.dx_kv.data(), c.d_model);
+  layer::gemm(false, true, B * Lk, c.d_model, w.v, dv.data(), w.v, parameters_.w_v.data(), w.v,
+              1.0f, grads.dx_kv.data(), c.d_model);
 }
 
 // ---- incremental decoding -------------------------------------------------------------------
@@ -251,11 +253,13 @@ void MultiHeadAttention::decode_step(std::span<const float> x_new, std::int64_t 
     fail("cache: length ", cache.length_, " + len_new ", len_new, " exceeds its capacity ",
          cache.capacity_);
   if (options.causal == Causal::top_left)
-    fail("options.causal = top_left: decode_step aligns the causal mask bottom-right "
-         "(give none or bottom_right)");
+    fail(
+        "options.causal = top_left: decode_step aligns the causal mask bottom-right "
+        "(give none or bottom_right)");
   check_size(x_new.size(), B * len_new * c.d_model, "x_new", "cache.batch·len_new·d_model");
   check_size(y.size(), B * len_new * c.d_model, "y", "cache.batch·len_new·d_model");
-  if (!entropy.empty()) check_size(entropy.size(), B * c.heads * len_new, "entropy", "cache.batch·heads·len_new");
+  if (!entropy.empty())
+    check_size(entropy.size(), B * c.heads * len_new, "entropy", "cache.batch·heads·len_new");
 
   std::vector<float> q(static_cast<std::size_t>(B * len_new * w.q));
   std::vector<float> attn(static_cast<std::size_t>(B * len_new * w.o));
@@ -277,12 +281,12 @@ void MultiHeadAttention::decode_step(std::span<const float> x_new, std::int64_t 
   outputs.out = heads_view(attn.data(), B, c.heads, len_new, c.d_v, w.o, len_new * w.o);
   if (!entropy.empty())
     outputs.entropy = Tensor::contiguous(entropy.data(), DType::f32, {B, c.heads, len_new});
-  sdpa::forward(heads_view(q.data(), B, c.heads, len_new, c.d_k, w.q, len_new * w.q),
-                heads_view(cache.keys_.data(), B, c.kv_heads, new_length, c.d_k, w.k,
-                           cache.capacity_ * w.k),
-                heads_view(cache.values_.data(), B, c.kv_heads, new_length, c.d_v, w.v,
-                           cache.capacity_ * w.v),
-                step_options, outputs);
+  sdpa::forward(
+      heads_view(q.data(), B, c.heads, len_new, c.d_k, w.q, len_new * w.q),
+      heads_view(cache.keys_.data(), B, c.kv_heads, new_length, c.d_k, w.k, cache.capacity_ * w.k),
+      heads_view(cache.values_.data(), B, c.kv_heads, new_length, c.d_v, w.v,
+                 cache.capacity_ * w.v),
+      step_options, outputs);
   cache.length_ = new_length;
   project(attn.data(), B * len_new, w.o, parameters_.w_o, parameters_.b_o, c.d_model, y.data());
 }
