@@ -15,7 +15,8 @@ namespace {
 
 const int kThreadCounts[] = {1, 2, 3, 4, 7, 2, 7};  // the repeats catch run-to-run differences
 
-// q/k/v with GQA, a bool mask, a bias broadcast over batch and rows, a window and per-batch lengths.
+// q/k/v with GQA, a bool mask, a bias broadcast over batch and rows, a window and per-batch
+// lengths.
 Inputs masked_inputs(std::uint64_t seed, std::int64_t len_q, std::int64_t len_k) {
   Rng rng(seed);
   Inputs in = random_inputs(rng, 3, 4, 2, len_q, len_k, 40, 24);
@@ -39,16 +40,18 @@ TEST(Determinism, ForwardWeightsAndEntropyAreBitwiseIdenticalForAnyThreadCountAn
       const std::string where = std::string(isa_name(isa)) + ", threads " + std::to_string(threads);
       EXPECT_TRUE(bitwise_equal(first.out.dense(), again.out.dense())) << "out, " << where;
       EXPECT_TRUE(bitwise_equal(first.lse->dense(), again.lse->dense())) << "lse, " << where;
-      EXPECT_TRUE(bitwise_equal(first.weights->dense(), again.weights->dense())) << "weights, " << where;
-      EXPECT_TRUE(bitwise_equal(first.entropy->dense(), again.entropy->dense())) << "entropy, " << where;
+      EXPECT_TRUE(bitwise_equal(first.weights->dense(), again.weights->dense()))
+          << "weights, " << where;
+      EXPECT_TRUE(bitwise_equal(first.entropy->dense(), again.entropy->dense()))
+          << "entropy, " << where;
     }
   }
 }
 
 TEST(Determinism, MaskedGradientsWithBroadcastDbiasAreBitwiseIdenticalForAnyThreadCountAndRun) {
   Rng rng(402);
-  BackwardCase c{masked_inputs(403, 100, 400), random_floats(rng, {3, 4, 100, 24}, {}), {}, {}, 1,
-                 ""};
+  BackwardCase c{
+      masked_inputs(403, 100, 400), random_floats(rng, {3, 4, 100, 24}, {}), {}, {}, 1, ""};
   c.grad_layouts.want_dbias = c.grad_layouts.want_dscale = true;  // dbias [1, 4, 1, Lk]: sums rows
   OutputBuffers forward_outputs = c.make_forward_outputs();
   GradBuffers grads = c.make_grads();

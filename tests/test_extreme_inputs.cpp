@@ -33,11 +33,11 @@ Strided<float> copy_of(const Strided<float>& t) {
                                       std::int64_t i) {
   for (std::int64_t d = 0; d < o.out.shape()[3]; ++d)
     if (!std::isfinite(o.out.at({b, h, i, d})))
-      return ::testing::AssertionFailure() << "out(" << b << "," << h << "," << i << "," << d
-                                           << ") = " << o.out.at({b, h, i, d});
+      return ::testing::AssertionFailure()
+             << "out(" << b << "," << h << "," << i << "," << d << ") = " << o.out.at({b, h, i, d});
   if (!std::isfinite(o.lse->at({b, h, i, 0})))
-    return ::testing::AssertionFailure() << "lse(" << b << "," << h << "," << i
-                                         << ") = " << o.lse->at({b, h, i, 0});
+    return ::testing::AssertionFailure()
+           << "lse(" << b << "," << h << "," << i << ") = " << o.lse->at({b, h, i, 0});
   return ::testing::AssertionSuccess();
 }
 
@@ -61,13 +61,20 @@ TEST(ExtremeInputs, LogitsUpToPlusMinusMaxFloatGiveFiniteAccurateResults) {
   in.bias = random_floats(rng, {8, 300}, {});
   in.bias->fill([&](const Index& x) {
     switch (x[0]) {
-      case 0: return 1e38f;                       // every logit +1e38: uniform weights
-      case 1: return -1e38f;                      // every logit −1e38: uniform weights
-      case 2: return kMaxFloat;                   // every logit at the top of the float range
-      case 3: return -kMaxFloat;
-      case 4: return x[1] % 2 ? 1e38f : -1e38f;   // ±1e38 alternating
-      case 5: return x[1] == 299 ? 1e38f : 0.0f;  // one key beats the rest by 1e38
-      default: return rng.pick({1e38f, -1e38f, 3e38f, -3e38f, 0.0f, rng.normal(1.0f)});
+      case 0:
+        return 1e38f;  // every logit +1e38: uniform weights
+      case 1:
+        return -1e38f;  // every logit −1e38: uniform weights
+      case 2:
+        return kMaxFloat;  // every logit at the top of the float range
+      case 3:
+        return -kMaxFloat;
+      case 4:
+        return x[1] % 2 ? 1e38f : -1e38f;  // ±1e38 alternating
+      case 5:
+        return x[1] == 299 ? 1e38f : 0.0f;  // one key beats the rest by 1e38
+      default:
+        return rng.pick({1e38f, -1e38f, 3e38f, -3e38f, 0.0f, rng.normal(1.0f)});
     }
   });
   EXPECT_TRUE(matches_reference_on_every_isa(in, "bias up to ±FLT_MAX"));
@@ -143,8 +150,8 @@ TEST(ExtremeInputs, LogitOverflowingToMinusInfinityActsAsAMaskedKey) {
   in.k.fill([&](const Index& x) { return x[3] == 0 ? rng.normal(0.5f) : 0.0f; });
   in.k.at({0, 0, 11, 0}) = -10.0f;  // q·k·scale = −1e39: −inf in fp32
   OutputBuffers overflowing = in.make_outputs(), masked = in.make_outputs();
-  Inputs with_mask{copy_of(in.q), copy_of(in.k), copy_of(in.v), std::nullopt,
-                   std::nullopt, {}, {}, in.base};
+  Inputs with_mask{copy_of(in.q), copy_of(in.k), copy_of(in.v), std::nullopt, std::nullopt, {}, {},
+                   in.base};
   with_mask.mask.emplace(DType::boolean, std::vector<std::int64_t>{30});
   with_mask.mask->fill([](const Index& x) { return static_cast<std::uint8_t>(x[0] != 11); });
   for (Isa isa : supported_isas()) {
@@ -152,7 +159,8 @@ TEST(ExtremeInputs, LogitOverflowingToMinusInfinityActsAsAMaskedKey) {
     with_mask.run(masked, isa, 1);
     EXPECT_TRUE(bitwise_equal(overflowing.out.dense(), masked.out.dense())) << isa_name(isa);
     EXPECT_TRUE(bitwise_equal(overflowing.lse->dense(), masked.lse->dense())) << isa_name(isa);
-    EXPECT_TRUE(bitwise_equal(overflowing.weights->dense(), masked.weights->dense())) << isa_name(isa);
+    EXPECT_TRUE(bitwise_equal(overflowing.weights->dense(), masked.weights->dense()))
+        << isa_name(isa);
   }
 }
 
@@ -163,8 +171,8 @@ TEST(ExtremeInputs, NegativeInfiniteBiasColumnsHideKeysExactlyAsTheMaskDoes) {
   Inputs in = random_inputs(rng, 2, 2, 1, 50, 260, 16, 8);
   in.base.causal = Causal::bottom_right;
   in.bias = floats({260}, std::vector<float>(260, 0.0f));
-  Inputs with_mask{copy_of(in.q), copy_of(in.k), copy_of(in.v), std::nullopt,
-                   std::nullopt, {}, {}, in.base};
+  Inputs with_mask{copy_of(in.q), copy_of(in.k), copy_of(in.v), std::nullopt, std::nullopt, {}, {},
+                   in.base};
   with_mask.mask.emplace(DType::boolean, std::vector<std::int64_t>{260});
   with_mask.bias = floats({260}, std::vector<float>(260, 0.0f));
   for (std::int64_t j = 0; j < 260; ++j) {
@@ -194,7 +202,8 @@ TEST(ExtremeInputs, NegativeInfiniteBiasRowsAndColumnsTogetherGiveZeroRowsAndFin
   EXPECT_TRUE(matches_reference_on_every_isa(in, "-inf bias rows and columns"));
 }
 
-// ---- NaN and ±inf in q, k, v ---------------------------------------------------------------------
+// ---- NaN and ±inf in q, k, v
+// ---------------------------------------------------------------------
 
 // ±inf in q makes the logits of that row ±inf or NaN: only that row may change.
 TEST(ExtremeInputs, InfinityInAQueryRowChangesOnlyThatRow) {
@@ -232,7 +241,8 @@ TEST(ExtremeInputs, InfinityOrNaNInAKeyChangesOnlyRowsThatSeeIt) {
       in.run(poisoned, isa, 2);
       for_each_index(4, clean.out.shape(), [&](const Index& x) {
         if (x[1] < 2 || x[2] < 9) {
-          EXPECT_TRUE(same_bits(poisoned.out.at(x), clean.out.at(x))) << bad << " " << isa_name(isa);
+          EXPECT_TRUE(same_bits(poisoned.out.at(x), clean.out.at(x)))
+              << bad << " " << isa_name(isa);
         }
       });
     }
@@ -275,8 +285,12 @@ TEST(ExtremeInputs, NonFiniteValueReachesOnlyItsColumnOfItsKvHead) {
 // group's gradients NaN, but no other group's may change.
 TEST(ExtremeInputs, NonFiniteValueLeavesOtherKvHeadsGradientsUnchanged) {
   Rng rng(117);
-  BackwardCase c{random_inputs(rng, 2, 4, 2, 40, 40, 8, 8), random_floats(rng, {2, 4, 40, 8}, {}),
-                 {}, {}, 2, ""};
+  BackwardCase c{random_inputs(rng, 2, 4, 2, 40, 40, 8, 8),
+                 random_floats(rng, {2, 4, 40, 8}, {}),
+                 {},
+                 {},
+                 2,
+                 ""};
   c.inputs.base.causal = Causal::top_left;
   OutputBuffers forward_outputs = c.make_forward_outputs();
   GradBuffers clean = c.make_grads(), poisoned = c.make_grads();
@@ -285,8 +299,9 @@ TEST(ExtremeInputs, NonFiniteValueLeavesOtherKvHeadsGradientsUnchanged) {
     c.run(forward_outputs, clean, isa, 2);
     c.inputs.v.at({0, 1, 9, 2}) = kNaN;  // batch 0, kv-head 1 (query heads 2 and 3)
     c.run(forward_outputs, poisoned, isa, 2);
-    for (const auto& [a, b] : {std::pair{&clean.dq, &poisoned.dq}, std::pair{&clean.dk, &poisoned.dk},
-                               std::pair{&clean.dv, &poisoned.dv}}) {
+    for (const auto& [a, b] :
+         {std::pair{&clean.dq, &poisoned.dq}, std::pair{&clean.dk, &poisoned.dk},
+          std::pair{&clean.dv, &poisoned.dv}}) {
       const std::int64_t heads_per_kv = a->shape()[1] / 2;  // 2 for dq, 1 for dk and dv
       for_each_index(4, a->shape(), [&](const Index& x) {
         if (x[0] != 0 || x[1] / heads_per_kv != 1) {
@@ -297,7 +312,8 @@ TEST(ExtremeInputs, NonFiniteValueLeavesOtherKvHeadsGradientsUnchanged) {
   }
 }
 
-// ---- subnormals ----------------------------------------------------------------------------------
+// ---- subnormals
+// ----------------------------------------------------------------------------------
 
 TEST(ExtremeInputs, SubnormalInputsAndProbabilitiesGiveAccurateResults) {
   Rng rng(111);
@@ -319,8 +335,12 @@ TEST(ExtremeInputs, SubnormalInputsAndProbabilitiesGiveAccurateResults) {
 
 TEST(ExtremeInputs, ForwardAndBackwardLeaveTheFloatingPointModeAlone) {
   Rng rng(112);
-  BackwardCase c{random_inputs(rng, 1, 2, 1, 20, 30, 8, 8), random_floats(rng, {1, 2, 20, 8}, {}),
-                 {}, {}, 2, ""};
+  BackwardCase c{random_inputs(rng, 1, 2, 1, 20, 30, 8, 8),
+                 random_floats(rng, {1, 2, 20, 8}, {}),
+                 {},
+                 {},
+                 2,
+                 ""};
   OutputBuffers forward_outputs = c.make_forward_outputs();
   GradBuffers grads = c.make_grads();
   // MXCSR's mode bits: flush-to-zero, rounding, exception masks, denormals-are-zero (bits 0-5
@@ -335,8 +355,8 @@ TEST(ExtremeInputs, ForwardAndBackwardLeaveTheFloatingPointModeAlone) {
 
 TEST(ExtremeInputs, OneQueryOneKeyHeadDimOneForwardAndBackwardMatchReference) {
   Rng rng(113);
-  BackwardCase c{random_inputs(rng, 1, 1, 1, 1, 1, 1, 1), random_floats(rng, {1, 1, 1, 1}, {}),
-                 {}, {}, 1, ""};
+  BackwardCase c{
+      random_inputs(rng, 1, 1, 1, 1, 1, 1, 1), random_floats(rng, {1, 1, 1, 1}, {}), {}, {}, 1, ""};
   c.grad_layouts.want_dscale = true;
   EXPECT_TRUE(matches_reference_on_every_isa(c.inputs, "L = 1, D = 1"));
   OutputBuffers forward_outputs = c.make_forward_outputs();
@@ -352,8 +372,8 @@ TEST(ExtremeInputs, OneQueryOneKeyHeadDimOneForwardAndBackwardMatchReference) {
 
 TEST(ExtremeInputs, EmptyBatchRunsBackwardWithoutWriting) {
   Rng rng(114);
-  BackwardCase c{random_inputs(rng, 0, 2, 1, 5, 6, 4, 4), random_floats(rng, {0, 2, 5, 4}, {}), {},
-                 {}, 2, ""};
+  BackwardCase c{
+      random_inputs(rng, 0, 2, 1, 5, 6, 4, 4), random_floats(rng, {0, 2, 5, 4}, {}), {}, {}, 2, ""};
   OutputBuffers forward_outputs = c.make_forward_outputs();
   GradBuffers grads = c.make_grads();
   for (Isa isa : supported_isas()) {
@@ -365,8 +385,8 @@ TEST(ExtremeInputs, EmptyBatchRunsBackwardWithoutWriting) {
 
 TEST(ExtremeInputs, NoKeysGiveZeroOutputsAndZeroQueryGradients) {
   Rng rng(115);
-  BackwardCase c{random_inputs(rng, 2, 2, 1, 5, 0, 4, 3), random_floats(rng, {2, 2, 5, 3}, {}), {},
-                 {}, 2, ""};
+  BackwardCase c{
+      random_inputs(rng, 2, 2, 1, 5, 0, 4, 3), random_floats(rng, {2, 2, 5, 3}, {}), {}, {}, 2, ""};
   OutputBuffers forward_outputs = c.make_forward_outputs();
   GradBuffers grads = c.make_grads();
   for (Isa isa : supported_isas()) {
@@ -377,7 +397,8 @@ TEST(ExtremeInputs, NoKeysGiveZeroOutputsAndZeroQueryGradients) {
   }
 }
 
-// ---- 64-bit offsets --------------------------------------------------------------------------------
+// ---- 64-bit offsets
+// --------------------------------------------------------------------------------
 
 // A float view whose strides put its elements up to ~2^32 elements (16 GiB) apart, in an anonymous
 // mapping reserved without backing: only the pages it touches take memory.
@@ -405,7 +426,8 @@ class SparseView {
   const Tensor& tensor() const { return tensor_; }
   float& at(const Index& x) const {
     std::int64_t offset = 0;
-    for (int d = 0; d < tensor_.rank; ++d) offset += x[static_cast<std::size_t>(d)] * tensor_.stride[static_cast<std::size_t>(d)];
+    for (int d = 0; d < tensor_.rank; ++d)
+      offset += x[static_cast<std::size_t>(d)] * tensor_.stride[static_cast<std::size_t>(d)];
     return static_cast<float*>(tensor_.data)[offset];
   }
   void copy_from(const Strided<float>& t) const {
@@ -422,8 +444,8 @@ class SparseView {
   std::size_t bytes_ = 0;
 };
 
-// Strides of a [2, 2, L, D]-style view (rank 3 or 4): batch 2^31 + 5 elements apart, heads 2^30 + 3,
-// rows 2^28 + 1, columns 1 or 3. The last element lies beyond 2^32 elements.
+// Strides of a [2, 2, L, D]-style view (rank 3 or 4): batch 2^31 + 5 elements apart, heads 2^30 +
+// 3, rows 2^28 + 1, columns 1 or 3. The last element lies beyond 2^32 elements.
 std::vector<std::int64_t> far_strides(int rank, std::int64_t column_stride) {
   std::vector<std::int64_t> s{(std::int64_t{1} << 31) + 5, (std::int64_t{1} << 30) + 3,
                               (std::int64_t{1} << 28) + 1, column_stride};
@@ -437,17 +459,19 @@ SparseView far_view(const std::vector<std::int64_t>& shape, std::int64_t column_
 
 TEST(ExtremeInputs, ViewsWithElementsBeyond2To31ElementsApartGiveTheSameBitsAsContiguousOnes) {
   Rng rng(116);
-  BackwardCase c{random_inputs(rng, 2, 2, 2, 3, 4, 5, 5), random_floats(rng, {2, 2, 3, 5}, {}), {},
-                 {}, 2, ""};
+  BackwardCase c{
+      random_inputs(rng, 2, 2, 2, 3, 4, 5, 5), random_floats(rng, {2, 2, 3, 5}, {}), {}, {}, 2, ""};
   c.inputs.base.causal = Causal::bottom_right;
   c.inputs.bias = random_floats(rng, {2, 2, 3, 4}, {});
   c.grad_layouts.want_dbias = c.grad_layouts.want_dscale = true;
   SparseView q = far_view({2, 2, 3, 5}), k = far_view({2, 2, 4, 5}), v = far_view({2, 2, 4, 5});
   SparseView bias = far_view({2, 2, 3, 4}, 3), dout = far_view({2, 2, 3, 5});
-  SparseView out = far_view({2, 2, 3, 5}), lse = far_view({2, 2, 3}), weights = far_view({2, 2, 3, 4}, 3);
+  SparseView out = far_view({2, 2, 3, 5}), lse = far_view({2, 2, 3}),
+             weights = far_view({2, 2, 3, 4}, 3);
   SparseView dq = far_view({2, 2, 3, 5}), dk = far_view({2, 2, 4, 5}), dv = far_view({2, 2, 4, 5});
   SparseView dbias = far_view({2, 2, 3, 4}, 3);
-  for (const SparseView* t : {&q, &k, &v, &bias, &dout, &out, &lse, &weights, &dq, &dk, &dv, &dbias})
+  for (const SparseView* t :
+       {&q, &k, &v, &bias, &dout, &out, &lse, &weights, &dq, &dk, &dv, &dbias})
     if (!t->mapped()) GTEST_SKIP() << "cannot reserve 14 GiB of address space";
   q.copy_from(c.inputs.q);
   k.copy_from(c.inputs.k);

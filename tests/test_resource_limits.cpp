@@ -58,8 +58,10 @@ TEST(ResourceLimits, TooSmallWorkspaceLimitNamesTheBytesNeededAndWritesNothing) 
     Options options = in.options();
     options.isa = isa;
     options.workspace_limit = 1;
-    const std::string message = forward_error(in.q.tensor, in.k.tensor, in.v.tensor, options, o.outputs());
-    EXPECT_NE(message.find("options.workspace_limit = 1 bytes is too small"), std::string::npos) << message;
+    const std::string message =
+        forward_error(in.q.tensor, in.k.tensor, in.v.tensor, options, o.outputs());
+    EXPECT_NE(message.find("options.workspace_limit = 1 bytes is too small"), std::string::npos)
+        << message;
     EXPECT_NE(message.find("needs at least"), std::string::npos) << message;
     EXPECT_TRUE(all_sentinel(o.out)) << isa_name(isa);
     EXPECT_TRUE(all_sentinel(*o.lse)) << isa_name(isa);
@@ -84,7 +86,8 @@ TEST(ResourceLimits, ForwardWorkspaceLimitIsHonouredAndGivesTheSameBitsInRounds)
     EXPECT_LE(info.workspace_bytes, options.workspace_limit) << isa_name(isa);
     EXPECT_TRUE(bitwise_equal(unlimited.out.dense(), limited.out.dense())) << isa_name(isa);
     EXPECT_TRUE(bitwise_equal(unlimited.lse->dense(), limited.lse->dense())) << isa_name(isa);
-    EXPECT_TRUE(bitwise_equal(unlimited.weights->dense(), limited.weights->dense())) << isa_name(isa);
+    EXPECT_TRUE(bitwise_equal(unlimited.weights->dense(), limited.weights->dense()))
+        << isa_name(isa);
   }
 }
 
@@ -128,7 +131,8 @@ TEST(ResourceLimits, OutOfMemoryIsAStdBadAlloc) {
   EXPECT_STREQ(as_bad_alloc.what(), "cannot allocate 12 bytes");
 }
 
-// ---- views too large for exact index arithmetic --------------------------------------------------
+// ---- views too large for exact index arithmetic
+// --------------------------------------------------
 
 TEST(ResourceLimits, ViewWithMoreThan2To52ElementsIsRejected) {
   float one = 1.0f, out_value = sentinel();
@@ -140,7 +144,8 @@ TEST(ResourceLimits, ViewWithMoreThan2To52ElementsIsRejected) {
   EXPECT_NE(message.find("k.shape: more than 2^52 elements"), std::string::npos) << message;
   // A product that overflows int64 altogether: [1, 1, 2^40, 2^40].
   const Tensor wide_q = broadcast_scalar(&one, {1, 1, 1, std::int64_t{1} << 40});
-  const Tensor wide_k = broadcast_scalar(&one, {1, 1, std::int64_t{1} << 40, std::int64_t{1} << 40});
+  const Tensor wide_k =
+      broadcast_scalar(&one, {1, 1, std::int64_t{1} << 40, std::int64_t{1} << 40});
   const Tensor wide_v = broadcast_scalar(&one, {1, 1, std::int64_t{1} << 40, 1});
   const std::string overflow = forward_error(wide_q, wide_k, wide_v, Options{}, outputs);
   EXPECT_NE(overflow.find("k.shape: more than 2^52 elements"), std::string::npos) << overflow;
@@ -163,7 +168,8 @@ TEST(ResourceLimits, StridesReachingBeyond2To62ElementsAreRejected) {
 TEST(ResourceLimits, HugeStrideOnASizeOneDimensionIsAccepted) {
   float values[4] = {1, 2, 3, 4}, out_value = 0;
   Tensor q = Tensor::contiguous(values, DType::f32, {1, 1, 1, 1});
-  q.stride[0] = std::numeric_limits<std::int64_t>::max();  // never used: the dimension has one index
+  q.stride[0] =
+      std::numeric_limits<std::int64_t>::max();  // never used: the dimension has one index
   const Tensor kv = Tensor::contiguous(values, DType::f32, {1, 1, 4, 1});
   Outputs outputs;
   outputs.out = Tensor::contiguous(&out_value, DType::f32, {1, 1, 1, 1});
