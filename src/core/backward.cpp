@@ -73,7 +73,8 @@ BackwardPlan make_backward_plan(const BackwardProblem& bp) {
   plan.rows = plan.kernel->block_rows;
   plan.keys = plan.kernel->block_keys;
   plan.len_q_pad = round_up(std::max<std::int64_t>(p.len_q, 1), plan.rows);
-  plan.len_k_pad = round_up(std::max<std::int64_t>(p.len_k, 1), plan.keys);
+  // Whole key panels suffice (tiles stop at the last panel), so short sequences pack little.
+  plan.len_k_pad = round_up(std::max<std::int64_t>(p.len_k, 1), plan.nr);
   plan.dim_k_pad = round_up(p.dim_k, plan.nr);
   plan.dim_v_pad = round_up(p.dim_v, plan.nr);
   // Enough chunks for parallel work when there are few (batch, kv-head) groups, but whole runs of
