@@ -299,13 +299,14 @@ TEST(ExtremeInputs, NonFiniteValueLeavesOtherKvHeadsGradientsUnchanged) {
     c.run(forward_outputs, clean, isa, 2);
     c.inputs.v.at({0, 1, 9, 2}) = kNaN;  // batch 0, kv-head 1 (query heads 2 and 3)
     c.run(forward_outputs, poisoned, isa, 2);
-    for (const auto& [a, b] :
-         {std::pair{&clean.dq, &poisoned.dq}, std::pair{&clean.dk, &poisoned.dk},
-          std::pair{&clean.dv, &poisoned.dv}}) {
-      const std::int64_t heads_per_kv = a->shape()[1] / 2;  // 2 for dq, 1 for dk and dv
-      for_each_index(4, a->shape(), [&](const Index& x) {
+    for (const auto& pair : {std::pair{&clean.dq, &poisoned.dq}, std::pair{&clean.dk, &poisoned.dk},
+                             std::pair{&clean.dv, &poisoned.dv}}) {
+      const Strided<float>& a = *pair.first;
+      const Strided<float>& b = *pair.second;
+      const std::int64_t heads_per_kv = a.shape()[1] / 2;  // 2 for dq, 1 for dk and dv
+      for_each_index(4, a.shape(), [&](const Index& x) {
         if (x[0] != 0 || x[1] / heads_per_kv != 1) {
-          EXPECT_TRUE(same_bits(a->at(x), b->at(x))) << isa_name(isa);
+          EXPECT_TRUE(same_bits(a.at(x), b.at(x))) << isa_name(isa);
         }
       });
     }
