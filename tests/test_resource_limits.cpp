@@ -3,8 +3,10 @@
 // written), and views too large for exact 64-bit index arithmetic (rejected by validation).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <new>
 #include <string>
 #include <vector>
@@ -25,9 +27,11 @@ namespace {
 // A view of `shape` that reads one float for every index (all strides 0): as large as we like,
 // in four bytes of memory.
 Tensor broadcast_scalar(float* value, std::initializer_list<std::int64_t> shape) {
-  Tensor t = Tensor::contiguous(value, DType::f32, shape);
-  t.stride = {0, 0, 0, 0};
-  return t;
+  Tensor t;
+  t.data = value;
+  t.rank = static_cast<int>(shape.size());
+  std::copy(shape.begin(), shape.end(), t.shape.begin());
+  return t;  // strides stay 0
 }
 
 ::testing::AssertionResult all_sentinel(const Strided<float>& t) {
@@ -150,6 +154,14 @@ TEST(ResourceLimits, ViewWithMoreThan2To52ElementsIsRejected) {
   const std::string overflow = forward_error(wide_q, wide_k, wide_v, Options{}, outputs);
   EXPECT_NE(overflow.find("k.shape: more than 2^52 elements"), std::string::npos) << overflow;
   EXPECT_TRUE(is_sentinel(out_value));
+}
+
+TEST(ResourceLimits, ContiguousViewWhoseStridesOverflowIsRejected) {
+  float one = 1.0f;
+  const std::int64_t big = std::int64_t{1} << 40;
+  EXPECT_THROW(Tensor::contiguous(&one, DType::f32, {1, 1, big, big}), Error);
+  EXPECT_EQ(broadcast_scalar(&one, {big, big, big}).numel(),
+            std::numeric_limits<std::int64_t>::max());
 }
 
 TEST(ResourceLimits, StridesReachingBeyond2To62ElementsAreRejected) {

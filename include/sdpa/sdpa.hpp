@@ -68,6 +68,7 @@ struct Tensor {
   static Tensor strided(void* data, DType dtype, std::initializer_list<std::int64_t> shape,
                         std::initializer_list<std::int64_t> stride);
 
+  /// The number of elements (the product of the extents; INT64_MAX when that overflows).
   std::int64_t numel() const;
 };
 

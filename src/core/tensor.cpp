@@ -1,5 +1,6 @@
 // Tensor views, dtypes and version.
 #include <cstddef>
+#include <limits>
 
 #include "core/errors.hpp"
 #include "sdpa/sdpa.hpp"
@@ -43,7 +44,8 @@ Tensor Tensor::contiguous(void* data, DType dtype, std::initializer_list<std::in
   std::int64_t stride = 1;
   for (d = t.rank - 1; d >= 0; --d) {
     t.stride[d] = stride;
-    stride *= t.shape[d];
+    if (d > 0 && __builtin_mul_overflow(stride, t.shape[d], &stride))
+      fail("Tensor::contiguous: the strides of this shape overflow 64 bits (dimension ", d, ")");
   }
   return t;
 }
@@ -66,7 +68,8 @@ Tensor Tensor::strided(void* data, DType dtype, std::initializer_list<std::int64
 
 std::int64_t Tensor::numel() const {
   std::int64_t n = 1;
-  for (int d = 0; d < rank; ++d) n *= shape[d];
+  for (int d = 0; d < rank; ++d)  // saturates instead of overflowing (validation rejects those)
+    if (__builtin_mul_overflow(n, shape[d], &n)) return std::numeric_limits<std::int64_t>::max();
   return n;
 }
 
