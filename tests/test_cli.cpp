@@ -556,7 +556,7 @@ TEST_F(Cli, DemoRejectsKvHeadsNotDividingHeads) {
   expect_failure(run("demo --heads 8 --kv-heads 3"), 2, "--kv-heads");
 }
 
-// ---- reliability: every exit code, malformed files, out of memory, killed writes ------------------
+// ---- reliability: every exit code, malformed files, out of memory, killed writes -------------
 
 // Exit codes (README, "Exit codes"): 0 success, 1 I/O, 2 arguments, 3 not enough memory. 0, 1 and 2
 // are exercised above; these add the malformed-file cases of 1 and the memory case of 3.
@@ -608,7 +608,8 @@ TEST_F(Cli, WeightsLargerThanMemoryExit3BeforeAnythingIsAllocated) {
   const CliResult r = run(qkv_arguments() + " --weights '" + path("w.npy") + "'");
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  expect_failure(r, 3, "--weights " + path("w.npy") + " [1, 1, 524288, 524288] 1099511627776 bytes");
+  expect_failure(r, 3,
+                 "--weights " + path("w.npy") + " [1, 1, 524288, 524288] 1099511627776 bytes");
   EXPECT_NE(r.err.find("of memory"), std::string::npos) << r.err;
   EXPECT_LT(seconds, 30.0) << "the check must come before the computation";
 }
@@ -665,7 +666,8 @@ bool kill_during_write(const std::vector<std::string>& arguments, const fs::path
     if (array.shape == shape) return ::testing::AssertionSuccess();
     return ::testing::AssertionFailure() << file << " has another shape";
   } catch (const sdpa::npy::IoError& e) {
-    return ::testing::AssertionFailure() << file << " is neither the old file nor complete: " << e.what();
+    return ::testing::AssertionFailure()
+           << file << " is neither the old file nor complete: " << e.what();
   }
 }
 
