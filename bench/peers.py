@@ -270,7 +270,7 @@ def run_shape(shape: Shape, peers: List[str], threads: int, args) -> Tuple[dict,
     notes: Dict[str, str] = {}
     reference = None
     for name in peers:
-        if name in SLOW_PEERS and max(shape.len_q, shape.len_k) > args.slow_max_len:
+        if name in SLOW_PEERS and shape.len_q * shape.len_k > args.slow_max_len**2:
             notes[name] = (f"not run above L = {args.slow_max_len} (--slow-max-len): it forms the "
                            "whole score matrix, 3-10× slower than sdpa at L = 2048 already, and "
                            "one call at L = 8192 takes 10-20 s")
@@ -374,7 +374,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=THREADS_DEFAULT)
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset")
-    parser.add_argument("--lengths", default="512,2048,8192")
+    parser.add_argument("--lengths", default="512,2048,8192", help="'' for the decode rows only")
     parser.add_argument("--dims", default="64,128")
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--no-decode", action="store_true", help="skip the Lq=1, Lk=8192 rows")
@@ -395,8 +395,9 @@ def main() -> int:
     args = parser.parse_args()
     pin_threads(args.threads)
     peers = ["sdpa"] + [p for p in args.peers.split(",") if p and p != "sdpa"]
+    lengths = [int(length) for length in args.lengths.split(",") if length]
     shapes = [Shape(args.heads, length, length, dim, causal)
-              for dim in map(int, args.dims.split(",")) for length in map(int, args.lengths.split(","))
+              for dim in map(int, args.dims.split(",")) for length in lengths
               for causal in (False, True)]
     if not args.no_decode:
         shapes += [Shape(args.heads, 1, 8192, dim, False) for dim in map(int, args.dims.split(","))]
