@@ -133,6 +133,20 @@ struct RunInfo {
 RunInfo forward(const Tensor& q, const Tensor& k, const Tensor& v, const Options& options,
                 const Outputs& outputs);
 
+/// Merges partial attention results over disjoint key sets into the result over their union (the
+/// combine step of split-KV decoding and ring attention; e.g. forward() run on each block of keys):
+///
+///   lse = log Σ_i exp(lse_i)          out = Σ_i exp(lse_i − lse) · out_i
+///
+/// outs[i] f32 [B, Hq, Lq, Dv] and lses[i] f32 [B, Hq, Lq] are part i's out and lse (any strides);
+/// `out` (same shape) receives the merged output, `lse` (optional, [B, Hq, Lq]) the merged lse.
+/// A part whose lse is −inf (it saw no key) contributes nothing, whatever its out holds; a row where
+/// every part is −inf gets out = 0, lse = −inf (never NaN; a NaN lse gives a NaN row). Computed in
+/// fp64 and summed in part order, so the result is deterministic and independent of `threads`
+/// (0 = all). `out` may be the very same view as one of `outs` (merging in place).
+void merge_attention(std::span<const Tensor> outs, std::span<const Tensor> lses, const Tensor& out,
+                     const std::optional<Tensor>& lse = std::nullopt, int threads = 0);
+
 /// Gradients of a loss L with respect to the inputs, given dL/d(out). Shapes equal those of the
 /// corresponding inputs; every field is written completely (no accumulation into existing values).
 struct Grads {

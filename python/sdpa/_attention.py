@@ -435,3 +435,56 @@ def attention_backward(
     if return_dscale:
         grads.append(float(dscale))
     return tuple(grads)
+
+
+def merge_attention(
+    outs: Sequence[Any], lses: Sequence[Any], *, threads: Optional[int] = None
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Merge attention results computed over disjoint sets of keys into the result over all of them.
+
+    Part i attended to its own keys and gave outs[i] (..., H, L, Ev) and lses[i] (..., H, L) (e.g.
+    scaled_dot_product_attention(..., return_lse=True) on one block of keys). The merged result is
+
+        lse = log(sum_i exp(lses[i]))        out = sum_i exp(lses[i] - lse) * outs[i]
+
+    exactly the attention over the union of the keys. A part whose lse is -inf (it saw no key)
+    contributes nothing; a row that no part saw gets out = 0, lse = -inf. Computed in float64 in
+    part order: the same bits for any thread count.
+
+    Args:
+        outs: the parts' outputs, all of one shape (..., H, L, Ev); float32 (float64/float16
+            converted), any strides.
+        lses: the parts' log-sum-exps, shape (..., H, L).
+        threads: OpenMP threads (None: all).
+
+    Returns:
+        (out, lse): float32 NumPy arrays of shapes (..., H, L, Ev) and (..., H, L).
+
+    Raises:
+        TypeError: an array of an unsupported dtype. ValueError: no parts, len(outs) != len(lses),
+            shapes that differ (the message names the part and the dimension).
+    """
+    outs = [_float32(o, f"outs[{i}]") for i, o in enumerate(outs)]
+    lses = [_float32(x, f"lses[{i}]") for i, x in enumerate(lses)]
+    if not outs:
+        raise ValueError("outs: expected at least one part, got none")
+    shape = outs[0].shape
+    if len(shape) < 2:
+        raise ValueError(f"outs[0].shape = {shape}: expected (..., L, Ev)")
+    for i, o in enumerate(outs):
+        if o.shape != shape:
+            raise ValueError(f"outs[{i}].shape = {o.shape} does not match outs[0].shape = {shape}")
+    for i, x in enumerate(lses):
+        if x.shape != shape[:-1]:
+            raise ValueError(f"lses[{i}].shape = {x.shape}: expected {shape[:-1]} (outs[0].shape "
+                             "without its last dimension)")
+    out = np.empty(shape, dtype=np.float32)
+    lse = np.empty(shape[:-1], dtype=np.float32)
+
+    out4, lse3 = _batched(out, "out"), _batched(lse, "lse", tail=2)  # views: leading dims merged
+    _core.merge_attention([_batched(o, f"outs[{i}]") for i, o in enumerate(outs)],
+                          [_batched(x, f"lses[{i}]", tail=2) for i, x in enumerate(lses)], out4,
+                          lse=lse3, threads=_threads(threads))
+    _copy_back(out4, out)
+    _copy_back(lse3, lse)
+    return out, lse

@@ -1,6 +1,6 @@
 # Type stubs of the C++ extension sdpa._core (python/src/module.cpp). Use the sdpa package's
 # functions instead: they take torch-style arguments and any array; these take rank-4 views.
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -67,6 +67,17 @@ def backward(
 ) -> Optional[float]:
     """sdpa::backward: writes dq, dk, dv (and dbias when given); returns d(scale) when
     dscale=True, else None."""
+
+def merge_attention(
+    outs: Sequence[npt.ArrayLike],
+    lses: Sequence[npt.ArrayLike],
+    out: npt.NDArray[np.float32],
+    *,
+    lse: Optional[npt.NDArray[np.float32]] = None,
+    threads: int = 0,
+) -> None:
+    """sdpa::merge_attention: merges partial results (outs[i] [B, H, L, D], lses[i] [B, H, L])
+    over disjoint key sets into out (and lse)."""
 
 def data_address(array: npt.ArrayLike) -> int:
     """The data pointer the bindings see for an array (no copy is ever made)."""

@@ -10,12 +10,14 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
 
 #include <cstdint>
 #include <optional>
 #include <span>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "sdpa/sdpa.hpp"
 
@@ -154,6 +156,21 @@ std::optional<float> backward(const Input& q, const Input& k, const Input& v, co
   return dscale_value;
 }
 
+// sdpa::merge_attention on rank-4 outs / rank-3 lses views; writes out and lse.
+void merge_attention(const std::vector<Input>& outs, const std::vector<Input>& lses,
+                     const Output& out, const std::optional<Output>& lse, int threads) {
+  std::vector<sdpa::Tensor> out_views, lse_views;
+  for (std::size_t i = 0; i < outs.size(); ++i)
+    out_views.push_back(tensor_of(outs[i], "outs[" + std::to_string(i) + "]"));
+  for (std::size_t i = 0; i < lses.size(); ++i)
+    lse_views.push_back(tensor_of(lses[i], "lses[" + std::to_string(i) + "]"));
+  std::optional<sdpa::Tensor> lse_view;
+  if (lse) lse_view = tensor_of(*lse, "lse");
+  const sdpa::Tensor out_view = tensor_of(out, "out");
+  nb::gil_scoped_release release;
+  sdpa::merge_attention(out_views, lse_views, out_view, lse_view, threads);
+}
+
 // The address the bindings see for an array (tests use it to prove that nothing was copied).
 std::uintptr_t data_address(const Input& array) {
   return reinterpret_cast<std::uintptr_t>(array.data());
@@ -202,6 +219,11 @@ NB_MODULE(_core, m) {
         nb::arg("isa") = "auto",
         "sdpa::backward: writes dq, dk, dv (and dbias when given); returns d(scale) when "
         "dscale=True, else None.");
+
+  m.def("merge_attention", &merge_attention, nb::arg("outs"), nb::arg("lses"), nb::arg("out"),
+        nb::kw_only(), nb::arg("lse").none() = nb::none(), nb::arg("threads") = 0,
+        "sdpa::merge_attention: merges partial results (outs[i] [B, H, L, D], lses[i] [B, H, L]) "
+        "over disjoint key sets into out (and lse).");
 
   m.def("data_address", &data_address, nb::arg("array"),
         "The data pointer the bindings see for an array (no copy is ever made).");

@@ -178,6 +178,60 @@ struct GridReport {
 GridReport run_grid(const GridOptions& options,
                     const std::function<void(const GridReport&)>& on_row = {});
 
+// ---- memory bandwidth and decode (decode_bench.cpp) --------------------------------------------
+
+/// Streaming read bandwidth: `threads` OpenMP threads each read their own slice of a `bytes`
+/// buffer (far larger than the last-level cache), `repeats` times; GB/s = 1e9 bytes per second.
+struct BandwidthMeasurement {
+  int threads = 0;
+  std::size_t bytes = 0;
+  int repeats = 0;
+  double gbps = 0;       ///< median repetition
+  double best_gbps = 0;  ///< fastest repetition
+};
+
+BandwidthMeasurement measure_read_bandwidth(int threads, std::size_t bytes = std::size_t{1} << 30,
+                                            int repeats = 9);
+
+/// Decode: Lq = 1 query against Lk cached keys per (batch, head), as in token generation.
+struct DecodeOptions {
+  int threads = 0;  ///< 0 = all cores
+  int repeats = 9;
+  std::int64_t batch = 1, heads_q = 32, heads_kv = 8, dim = 128;
+  std::vector<std::int64_t> lengths{4096, 32768, 65536};
+  bool prefill = true;  ///< also time the prefill (tiled) plan on the same call: before vs after
+  std::size_t bandwidth_bytes = std::size_t{1} << 30;
+};
+
+struct DecodeRow {
+  std::int64_t length = 0;
+  std::string storage;          ///< "f32 tensors", ...
+  std::size_t kv_bytes = 0;     ///< bytes of K and V the call must read
+  Timing time;
+  double gbps = 0;              ///< kv_bytes / median time
+  double percent_of_bandwidth = 0;  ///< of the run's measured read bandwidth (median)
+  std::optional<Timing> prefill;    ///< the prefill plan on the same call
+  double speedup_vs_prefill = 0;
+};
+
+struct DecodeReport {
+  DecodeOptions options;  ///< threads resolved
+  sdpa::Isa isa = sdpa::Isa::automatic;
+  double load_average = 0;
+  BandwidthMeasurement bandwidth;
+  std::vector<DecodeRow> rows;
+};
+
+/// The read bandwidth first, then every length. `on_row` sees the report after each row.
+DecodeReport run_decode_bench(const DecodeOptions& options,
+                              const std::function<void(const DecodeReport&)>& on_row = {});
+
+void print_bandwidth(std::ostream& os, const BandwidthMeasurement& bandwidth);
+void print_decode_header(std::ostream& os, const DecodeReport& report);
+void print_decode_row(std::ostream& os, const DecodeRow& row);
+/// The target: >= 70% of the measured read bandwidth.
+void print_decode_targets(std::ostream& os, const DecodeReport& report);
+
 // ---- text output -------------------------------------------------------------------------------
 
 void print_peak_table(std::ostream& os, const std::vector<PeakMeasurement>& peaks);

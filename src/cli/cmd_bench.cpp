@@ -24,6 +24,11 @@ struct BenchArgs {
   std::string causal = "both";
   double naive_limit_gib = 4;
   bool no_naive = false, no_memory = false, peak_only = false, json = false;
+  bool bandwidth_only = false, decode = false, no_prefill = false;
+  std::vector<std::int64_t> decode_lengths{4096, 32768, 65536};
+  std::int64_t heads_kv = 8;
+  bool heads_given = false;  // --decode defaults to Hq = 32 (the shape)
+  double bandwidth_mib = 1024;
 };
 
 using nlohmann::json;
@@ -148,6 +153,71 @@ void run_grid(const BenchArgs& a) {
   bench::print_targets(std::cout, report);
 }
 
+json bandwidth_json(const bench::BandwidthMeasurement& b) {
+  return {{"threads", b.threads}, {"bytes", b.bytes},         {"repeats", b.repeats},
+          {"gbps", b.gbps},       {"best_gbps", b.best_gbps}};
+}
+
+std::size_t bandwidth_bytes(const BenchArgs& a) {
+  if (!(a.bandwidth_mib >= 1)) fail("--bandwidth-mib = ", a.bandwidth_mib, ": expected >= 1");
+  return static_cast<std::size_t>(a.bandwidth_mib * 1024 * 1024);
+}
+
+void run_bandwidth(const BenchArgs& a) {
+  const bench::BandwidthMeasurement b =
+      bench::measure_read_bandwidth(bench::resolve_threads(a.threads), bandwidth_bytes(a));
+  if (a.json)
+    std::cout << json{{"command", "bench --bandwidth"}, {"bandwidth", bandwidth_json(b)}}.dump(2)
+              << std::endl;
+  else
+    bench::print_bandwidth(std::cout, b);
+}
+
+void run_decode(const BenchArgs& a) {
+  bench::DecodeOptions o;
+  o.threads = a.threads;
+  o.repeats = a.repeats;
+  o.batch = a.batch;
+  o.heads_q = a.heads_given ? a.heads : 32;
+  o.heads_kv = a.heads_kv;
+  o.dim = a.dim;
+  o.lengths = a.decode_lengths;
+  o.prefill = !a.no_prefill;
+  o.bandwidth_bytes = bandwidth_bytes(a);
+  if (o.heads_q % o.heads_kv != 0)
+    fail("--heads = ", o.heads_q, ": expected a multiple of --heads-kv = ", o.heads_kv);
+  if (a.json) {
+    const bench::DecodeReport r = bench::run_decode_bench(o);
+    json rows = json::array();
+    for (const bench::DecodeRow& row : r.rows) {
+      json j = {{"length", row.length},       {"storage", row.storage},
+                {"kv_bytes", row.kv_bytes},   {"time_ms", row.time.median_s * 1e3},
+                {"min_ms", row.time.min_s * 1e3}, {"gbps", row.gbps},
+                {"percent_of_bandwidth", row.percent_of_bandwidth}};
+      if (row.prefill) {
+        j["prefill_time_ms"] = row.prefill->median_s * 1e3;
+        j["speedup_vs_prefill"] = row.speedup_vs_prefill;
+      }
+      rows.push_back(j);
+    }
+    std::cout << json{{"command", "bench --decode"}, {"threads", r.options.threads},
+                      {"isa", isa_name(r.isa)},       {"load_average", r.load_average},
+                      {"batch", o.batch},             {"heads_q", o.heads_q},
+                      {"heads_kv", o.heads_kv},       {"dim", o.dim},
+                      {"bandwidth", bandwidth_json(r.bandwidth)}, {"rows", rows}}
+                     .dump(2)
+              << std::endl;
+    return;
+  }
+  const bench::DecodeReport r = bench::run_decode_bench(o, [](const bench::DecodeReport& partial) {
+    if (partial.rows.size() == 1) bench::print_decode_header(std::cout, partial);
+    bench::print_decode_row(std::cout, partial.rows.back());
+  });
+  if (r.rows.empty()) bench::print_decode_header(std::cout, r);
+  std::cout << "\n";
+  bench::print_decode_targets(std::cout, r);
+}
+
 }  // namespace
 
 void add_bench_command(CLI::App& app) {
@@ -187,7 +257,30 @@ void add_bench_command(CLI::App& app) {
   cmd->add_flag("--no-memory", args->no_memory, "skip the RSS measurement");
   cmd->add_flag("--peak", args->peak_only, "only measure the fp32 FMA peak per thread count 1..N");
   cmd->add_flag("--json", args->json, "print one JSON object instead of tables");
-  cmd->callback([args] { args->peak_only ? run_peak(*args) : run_grid(*args); });
+  cmd->add_flag("--bandwidth", args->bandwidth_only,
+                "only measure the streaming read bandwidth (GB/s) at --threads");
+  cmd->add_flag("--decode", args->decode,
+                "decode benchmark: Lq = 1 against --decode-lengths keys, GB/s of K and V read vs "
+                "the read bandwidth measured in the same run (default shape: Hq = 32 unless --heads "
+                "is given, --heads-kv 8, --dim 128)");
+  cmd->add_option("--decode-lengths", args->decode_lengths, "key lengths Lk of --decode")
+      ->delimiter(',')
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 22))
+      ->capture_default_str();
+  cmd->add_option("--heads-kv", args->heads_kv, "key/value heads Hkv of --decode")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  cmd->add_option("--bandwidth-mib", args->bandwidth_mib,
+                  "buffer size of the bandwidth measurement (far larger than the last-level cache)")
+      ->capture_default_str();
+  cmd->add_flag("--no-prefill", args->no_prefill, "--decode: skip timing the prefill plan");
+  cmd->callback([args, cmd] {
+    args->heads_given = cmd->count("--heads") > 0;
+    if (args->peak_only) return run_peak(*args);
+    if (args->bandwidth_only) return run_bandwidth(*args);
+    if (args->decode) return run_decode(*args);
+    run_grid(*args);
+  });
 }
 
 }  // namespace sdpa::cli

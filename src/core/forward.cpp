@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "core/decode.hpp"
 #include "core/errors.hpp"
 #include "core/mask.hpp"
 #include "core/problem.hpp"
@@ -270,17 +271,31 @@ double visible_pair_flops(const Problem& p) {
 
 }  // namespace
 
-RunInfo forward(const Tensor& q, const Tensor& k, const Tensor& v, const Options& options,
-                const Outputs& outputs) {
+RunInfo forward_with_plan(const Tensor& q, const Tensor& k, const Tensor& v, const Options& options,
+                          const Outputs& outputs, ForwardPlan choice) {
   const Problem p = validate_forward(q, k, v, options, outputs);
-  const Plan plan = make_plan(p);
-  run_forward(p, plan);
+  if (choice == ForwardPlan::automatic)
+    choice = decode_plan_applies(p) ? ForwardPlan::split_kv : ForwardPlan::prefill;
   RunInfo info;
   info.isa = p.isa;
-  info.threads = plan.threads;
   info.flops = visible_pair_flops(p);
+  if (choice == ForwardPlan::split_kv) {  // few query rows: split-KV decode (core/decode.cpp)
+    if (p.weights) fail("outputs.weights: the split-KV plan does not write attention weights");
+    const DecodeRun run = run_decode(p);
+    info.threads = run.threads;
+    info.workspace_bytes = run.workspace_bytes;
+    return info;
+  }
+  const Plan plan = make_plan(p);
+  run_forward(p, plan);
+  info.threads = plan.threads;
   info.workspace_bytes = plan.workspace_bytes();
   return info;
+}
+
+RunInfo forward(const Tensor& q, const Tensor& k, const Tensor& v, const Options& options,
+                const Outputs& outputs) {
+  return forward_with_plan(q, k, v, options, outputs, ForwardPlan::automatic);
 }
 
 double forward_flops(const Tensor& q, const Tensor& k, const Tensor& v, const Options& options) {

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <vector>
 
 #include "sdpa/sdpa.hpp"
 
@@ -64,6 +65,16 @@ struct BackwardProblem {
   float* dscale = nullptr;
 };
 
+/// A validated merge_attention call: parts i = 0..n−1 of [B, H, L, D] outputs and [B, H, L] lses
+/// (as (b, h, i, 0)), merged into out (and lse).
+struct MergeProblem {
+  std::int64_t batch = 0, heads = 0, len = 0, dim = 0;
+  std::vector<View4<const float>> outs, lses;
+  View4<float> out;
+  std::optional<View4<float>> lse;
+  int threads = 1;
+};
+
 /// Checks every argument of a forward call and resolves it into a Problem. Throws sdpa::Error
 /// naming the argument, the expected and the given value. Writes nothing.
 Problem validate_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Options& options,
@@ -73,6 +84,10 @@ Problem validate_forward(const Tensor& q, const Tensor& k, const Tensor& v, cons
 BackwardProblem validate_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                   const Tensor& out, const Tensor& dout, const Tensor& lse,
                                   const Options& options, const Grads& grads);
+
+/// Checks every argument of sdpa::merge_attention. Writes nothing.
+MergeProblem validate_merge(std::span<const Tensor> outs, std::span<const Tensor> lses,
+                            const Tensor& out, const std::optional<Tensor>& lse, int threads);
 
 /// Like validate_forward but without outputs (for FLOP counting and planning).
 Problem validate_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Options& options);

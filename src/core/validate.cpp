@@ -321,4 +321,67 @@ BackwardProblem validate_backward(const Tensor& q, const Tensor& k, const Tensor
   return bp;
 }
 
+MergeProblem validate_merge(std::span<const Tensor> outs, std::span<const Tensor> lses,
+                            const Tensor& out, const std::optional<Tensor>& lse, int threads) {
+  if (outs.empty()) fail("outs: expected at least one part, got none");
+  if (lses.size() != outs.size())
+    fail("lses.size() = ", lses.size(), " does not match outs.size() = ", outs.size());
+  check_rank(out, "out", 4);
+  check_dtype(out, "out", DType::f32);
+  check_shape_nonnegative(out, "out");
+  MergeProblem m;
+  m.batch = out.shape[0];
+  m.heads = out.shape[1];
+  m.len = out.shape[2];
+  m.dim = out.shape[3];
+  const std::int64_t out_shape[4] = {m.batch, m.heads, m.len, m.dim};
+  for (std::size_t i = 0; i < outs.size(); ++i) {
+    const std::string out_name = "outs[" + std::to_string(i) + "]";
+    const std::string lse_name = "lses[" + std::to_string(i) + "]";
+    check_rank(outs[i], out_name.c_str(), 4);
+    check_dtype(outs[i], out_name.c_str(), DType::f32);
+    for (int d = 0; d < 4; ++d)
+      if (outs[i].shape[d] != out_shape[d])
+        fail(out_name, ".shape[", d, "] = ", outs[i].shape[d], " does not match out.shape[", d,
+             "] = ", out_shape[d]);
+    check_data(outs[i], out_name.c_str());
+    check_rank(lses[i], lse_name.c_str(), 3);
+    check_dtype(lses[i], lse_name.c_str(), DType::f32);
+    for (int d = 0; d < 3; ++d)
+      if (lses[i].shape[d] != out_shape[d])
+        fail(lse_name, ".shape[", d, "] = ", lses[i].shape[d], " does not match out.shape[", d,
+             "] = ", out_shape[d]);
+    check_data(lses[i], lse_name.c_str());
+    m.outs.push_back(view_of<const float>(outs[i]));
+    View4<const float> lse_view;
+    lse_view.data = static_cast<const float*>(lses[i].data);
+    lse_view.s0 = lses[i].stride[0];
+    lse_view.s1 = lses[i].stride[1];
+    lse_view.s2 = lses[i].stride[2];
+    m.lses.push_back(lse_view);
+  }
+  check_writable(out, "out");
+  check_data(out, "out");
+  m.out = view_of<float>(out);
+  if (lse) {
+    check_rank(*lse, "lse", 3);
+    check_dtype(*lse, "lse", DType::f32);
+    for (int d = 0; d < 3; ++d)
+      if (lse->shape[d] != out_shape[d])
+        fail("lse.shape[", d, "] = ", lse->shape[d], " does not match out.shape[", d, "] = ",
+             out_shape[d]);
+    check_writable(*lse, "lse");
+    check_data(*lse, "lse");
+    View4<float> view;
+    view.data = static_cast<float*>(lse->data);
+    view.s0 = lse->stride[0];
+    view.s1 = lse->stride[1];
+    view.s2 = lse->stride[2];
+    m.lse = view;
+  }
+  if (threads < 0) fail("threads = ", threads, ": expected >= 0 (0 = all)");
+  m.threads = threads > 0 ? threads : omp_get_max_threads();
+  return m;
+}
+
 }  // namespace sdpa

@@ -3,7 +3,9 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 
+#include "kernels/decode.hpp"
 #include "kernels/flash_backward.hpp"
 #include "kernels/flash_forward.hpp"
 
@@ -66,8 +68,10 @@ constexpr int kBlockKeys = 256;
 #define SDPA_KERNEL_NAME "avx2"
 #include "kernels/flash_forward_impl.hpp"
 #include "kernels/flash_backward_impl.hpp"
+#include "kernels/decode_impl.hpp"
 
 namespace sdpa::kernels {
 const FlashKernel& flash_kernel_avx2() { return avx2_impl::kernel(); }
 const BackwardKernel& backward_kernel_avx2() { return avx2_impl::backward_kernel(); }
+const DecodeKernel& decode_kernel_avx2() { return avx2_impl::decode_kernel(); }
 }  // namespace sdpa::kernels

@@ -4,7 +4,9 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 
+#include "kernels/decode.hpp"
 #include "kernels/flash_backward.hpp"
 #include "kernels/flash_forward.hpp"
 
@@ -57,8 +59,10 @@ constexpr int kBlockKeys = 256;
 #define SDPA_KERNEL_NAME "avx512"
 #include "kernels/flash_forward_impl.hpp"
 #include "kernels/flash_backward_impl.hpp"
+#include "kernels/decode_impl.hpp"
 
 namespace sdpa::kernels {
 const FlashKernel& flash_kernel_avx512() { return avx512_impl::kernel(); }
 const BackwardKernel& backward_kernel_avx512() { return avx512_impl::backward_kernel(); }
+const DecodeKernel& decode_kernel_avx512() { return avx512_impl::decode_kernel(); }
 }  // namespace sdpa::kernels

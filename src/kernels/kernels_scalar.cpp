@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/decode.hpp"
 #include "kernels/flash_backward.hpp"
 #include "kernels/flash_forward.hpp"
 
@@ -95,8 +96,10 @@ constexpr int kBlockKeys = 128;
 #define SDPA_KERNEL_NAME "scalar"
 #include "kernels/flash_forward_impl.hpp"
 #include "kernels/flash_backward_impl.hpp"
+#include "kernels/decode_impl.hpp"
 
 namespace sdpa::kernels {
 const FlashKernel& flash_kernel_scalar() { return scalar_impl::kernel(); }
 const BackwardKernel& backward_kernel_scalar() { return scalar_impl::backward_kernel(); }
+const DecodeKernel& decode_kernel_scalar() { return scalar_impl::decode_kernel(); }
 }  // namespace sdpa::kernels

@@ -1,0 +1,182 @@
+// The split-KV decode kernel for one chunk of keys, written once over the SIMD trait and compiled
+// per instruction set (included from kernels_<isa>.cpp after flash_forward_impl.hpp, inside the same
+// ISA namespace, so it reuses Simd, logits_row and exp_row).
+//
+// For every query row r of one (batch, kv-head) and the chunk's keys c (decode.hpp):
+//   S[r][c] = q_r · k_c            kRowBlock rows at a time: each key row is loaded once per block
+//   t = S·scale + bias, −inf where masked;  m = max t;  P = exp(t − m);  l = Σ P;  (u = Σ P·(t − m))
+//   acc[r] = Σ_c P[r][c] · v_c     register blocks of kRowBlock rows × kValueVectors vectors,
+//                                  keys with P = 0 skipped (a masked key's value never reaches acc)
+// Key and value rows are read where they are (f32), or widened from bf16 / int8 in registers (the
+// ISA translation units define __AVX512F__ / __AVX2__ through their flags; the scalar one neither).
+
+namespace sdpa::kernels::SDPA_KERNEL_NS {
+namespace {
+
+constexpr int kRowBlock = 4;                          // query rows per register block
+constexpr int kValueVectors = kLanes >= 16 ? 4 : 2;   // value vectors per register block
+
+// kLanes elements of a key/value row from element d on, as floats (int8: without its scale).
+template <RowType kType>
+V load_elements(const void* row, std::int64_t d) {
+  if constexpr (kType == RowType::f32) {
+    return Simd::load(static_cast<const float*>(row) + d);
+  } else if constexpr (kType == RowType::bf16) {
+    const std::uint16_t* p = static_cast<const std::uint16_t*>(row) + d;
+#if defined(__AVX512F__)
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+#elif defined(__AVX2__)
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+#else
+    float lanes[kLanes];
+    for (int i = 0; i < kLanes; ++i) {
+      const std::uint32_t bits = static_cast<std::uint32_t>(p[i]) << 16;
+      std::memcpy(&lanes[i], &bits, sizeof bits);
+    }
+    return Simd::load(lanes);
+#endif
+  } else {
+    const std::int8_t* p = static_cast<const std::int8_t*>(row) + d;
+#if defined(__AVX512F__)
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#elif defined(__AVX2__)
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+#else
+    float lanes[kLanes];
+    for (int i = 0; i < kLanes; ++i) lanes[i] = static_cast<float>(p[i]);
+    return Simd::load(lanes);
+#endif
+  }
+}
+
+// scores[r][c] = q_r · k_c (times the row's int8 scale) for every padded row and chunk key.
+template <RowType kType>
+void chunk_scores(const DecodeShape& shape, const DecodeRows& rows, const DecodeChunk& chunk,
+                  float* scores, std::int64_t ld) {
+  const std::int64_t dk = shape.dim_k_pad;
+  for (int c = 0; c < chunk.count; ++c) {
+    const void* k = chunk.k_rows[c];
+    const float k_scale = kType == RowType::i8 ? chunk.k_scales[c] : 1.0f;
+    for (int r0 = 0; r0 < rows.rows_pad; r0 += kRowBlock) {
+      const float* q = rows.q + r0 * dk;
+      V acc[kRowBlock];
+#pragma GCC unroll 4
+      for (int i = 0; i < kRowBlock; ++i) acc[i] = Simd::zero();
+      for (std::int64_t d = 0; d < dk; d += kLanes) {
+        const V kv = load_elements<kType>(k, d);
+#pragma GCC unroll 4
+        for (int i = 0; i < kRowBlock; ++i) acc[i] = Simd::fma(Simd::load(q + i * dk + d), kv, acc[i]);
+      }
+#pragma GCC unroll 4
+      for (int i = 0; i < kRowBlock; ++i) scores[(r0 + i) * ld + c] = Simd::reduce_add(acc[i]) * k_scale;
+    }
+  }
+}
+
+// acc[r][d0 .. d0 + kVectors·kLanes) = Σ_c P[r][c]·v_c for one register block of rows.
+template <RowType kType, int kVectors>
+void value_block(const DecodeChunk& chunk, const float* p, std::int64_t ld, int r0,
+                 std::int64_t d0, float* acc_out, std::int64_t acc_ld) {
+  V acc[kRowBlock][kVectors];
+#pragma GCC unroll 4
+  for (int i = 0; i < kRowBlock; ++i)
+#pragma GCC unroll 4
+    for (int x = 0; x < kVectors; ++x) acc[i][x] = Simd::zero();
+  for (int c = 0; c < chunk.count; ++c) {
+    float weight[kRowBlock];
+    bool any = false;
+#pragma GCC unroll 4
+    for (int i = 0; i < kRowBlock; ++i) {
+      weight[i] = p[(r0 + i) * ld + c];
+      any |= weight[i] != 0.0f;
+    }
+    if (!any) continue;
+    const float v_scale = kType == RowType::i8 ? chunk.v_scales[c] : 1.0f;
+    V v[kVectors];
+#pragma GCC unroll 4
+    for (int x = 0; x < kVectors; ++x) v[x] = load_elements<kType>(chunk.v_rows[c], d0 + x * kLanes);
+#pragma GCC unroll 4
+    for (int i = 0; i < kRowBlock; ++i) {
+      if (weight[i] == 0.0f) continue;  // masked (or underflowed): its value is not read
+      const V w = Simd::set1(weight[i] * v_scale);
+#pragma GCC unroll 4
+      for (int x = 0; x < kVectors; ++x) acc[i][x] = Simd::fma(w, v[x], acc[i][x]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < kRowBlock; ++i)
+#pragma GCC unroll 4
+    for (int x = 0; x < kVectors; ++x) Simd::store(acc_out + (r0 + i) * acc_ld + d0 + x * kLanes, acc[i][x]);
+}
+
+template <RowType kType>
+void chunk_values(const DecodeShape& shape, const DecodeRows& rows, const DecodeChunk& chunk,
+                  const float* p, std::int64_t ld, float* acc) {
+  const std::int64_t dv = shape.dim_v_pad;
+  for (std::int64_t d0 = 0; d0 < dv; d0 += kValueVectors * kLanes) {
+    const int vectors = static_cast<int>(min_i64(kValueVectors, (dv - d0) / kLanes));
+    for (int r0 = 0; r0 < rows.rows_pad; r0 += kRowBlock) {
+      switch (vectors) {
+        case 1: value_block<kType, 1>(chunk, p, ld, r0, d0, acc, dv); break;
+        case 2: value_block<kType, 2>(chunk, p, ld, r0, d0, acc, dv); break;
+        case 3: value_block<kType, kValueVectors >= 3 ? 3 : 1>(chunk, p, ld, r0, d0, acc, dv); break;
+        default: value_block<kType, kValueVectors>(chunk, p, ld, r0, d0, acc, dv); break;
+      }
+    }
+  }
+}
+
+// Scores → probabilities relative to each row's chunk maximum; fills the chunk state's m, l, u.
+void chunk_softmax(const DecodeShape& shape, const DecodeRows& rows, const DecodeChunk& chunk,
+                   const ChunkState& state, float* scores, std::int64_t ld) {
+  const std::int64_t key_end = chunk.key0 + chunk.count;
+  for (int r = 0; r < rows.rows_pad; ++r) {
+    float* row = scores + r * ld;
+    for (std::int64_t c = chunk.count; c < ld; ++c) row[c] = 0.0f;  // lane padding
+    if (state.moment != nullptr) state.moment[r] = 0.0f;
+    const float row_max =
+        r >= rows.rows
+            ? kNegInf
+            : logits_row(row, chunk.key0, ld, max_i64(rows.key_begin[r], chunk.key0),
+                         min_i64(rows.key_end[r], key_end), shape.scale,
+                         rows.bias != nullptr ? rows.bias[r] : nullptr, rows.bias_stride,
+                         rows.mask != nullptr ? rows.mask[r] : nullptr, rows.mask_stride);
+    state.max[r] = row_max;
+    if (row_max == kNegInf) {  // no visible key in this chunk (or a padding row)
+      state.sum[r] = 0.0f;
+      for (std::int64_t c = 0; c < ld; ++c) row[c] = 0.0f;
+      continue;
+    }
+    state.sum[r] = state.moment != nullptr ? exp_row_with_moment(row, ld, row_max, &state.moment[r])
+                                           : exp_row(row, ld, row_max);
+  }
+}
+
+template <RowType kKeys, RowType kValues>
+void decode_chunk_typed(const DecodeShape& shape, const DecodeRows& rows, const DecodeChunk& chunk,
+                        const ChunkState& state, float* scores) {
+  const std::int64_t ld = round_up(chunk.count, kLanes);
+  chunk_scores<kKeys>(shape, rows, chunk, scores, ld);
+  chunk_softmax(shape, rows, chunk, state, scores, ld);
+  chunk_values<kValues>(shape, rows, chunk, scores, ld, state.acc);
+}
+
+void decode_chunk(const DecodeShape& shape, const DecodeRows& rows, const DecodeChunk& chunk,
+                  const ChunkState& state, float* scores) {
+  switch (shape.row_type) {
+    case RowType::bf16: return decode_chunk_typed<RowType::bf16, RowType::bf16>(shape, rows, chunk, state, scores);
+    case RowType::i8: return decode_chunk_typed<RowType::i8, RowType::i8>(shape, rows, chunk, state, scores);
+    default: return decode_chunk_typed<RowType::f32, RowType::f32>(shape, rows, chunk, state, scores);
+  }
+}
+
+}  // namespace
+
+const DecodeKernel& decode_kernel() {
+  static const DecodeKernel k{SDPA_KERNEL_NAME, kLanes, kRowBlock, &decode_chunk};
+  return k;
+}
+
+}  // namespace sdpa::kernels::SDPA_KERNEL_NS
