@@ -51,27 +51,45 @@ V load_elements(const void* row, std::int64_t d) {
   }
 }
 
-// scores[r][c] = q_r · k_c (times the row's int8 scale) for every padded row and chunk key.
+// scores[r][c] = q_r · k_c (times the key's int8 scale) for kRowBlock rows from r0 and kKeys keys
+// from c: kRowBlock · kKeys independent accumulator chains, each query vector loaded once per
+// kKeys keys.
+template <RowType kType, int kKeys>
+void score_block(const DecodeShape& shape, const DecodeRows& rows, const DecodeChunk& chunk, int r0,
+                 int c, float* scores, std::int64_t ld) {
+  const std::int64_t dk = shape.dim_k_pad;
+  const float* q = rows.q + r0 * dk;
+  V acc[kKeys][kRowBlock];
+#pragma GCC unroll 4
+  for (int n = 0; n < kKeys; ++n)
+#pragma GCC unroll 4
+    for (int i = 0; i < kRowBlock; ++i) acc[n][i] = Simd::zero();
+  for (std::int64_t d = 0; d < dk; d += kLanes) {
+    V k[kKeys];
+#pragma GCC unroll 4
+    for (int n = 0; n < kKeys; ++n) k[n] = load_elements<kType>(chunk.k_rows[c + n], d);
+#pragma GCC unroll 4
+    for (int i = 0; i < kRowBlock; ++i) {
+      const V qv = Simd::load(q + i * dk + d);
+#pragma GCC unroll 4
+      for (int n = 0; n < kKeys; ++n) acc[n][i] = Simd::fma(qv, k[n], acc[n][i]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int n = 0; n < kKeys; ++n) {
+    const float k_scale = kType == RowType::i8 ? chunk.k_scales[c + n] : 1.0f;
+#pragma GCC unroll 4
+    for (int i = 0; i < kRowBlock; ++i) scores[(r0 + i) * ld + c + n] = Simd::reduce_add(acc[n][i]) * k_scale;
+  }
+}
+
 template <RowType kType>
 void chunk_scores(const DecodeShape& shape, const DecodeRows& rows, const DecodeChunk& chunk,
                   float* scores, std::int64_t ld) {
-  const std::int64_t dk = shape.dim_k_pad;
-  for (int c = 0; c < chunk.count; ++c) {
-    const void* k = chunk.k_rows[c];
-    const float k_scale = kType == RowType::i8 ? chunk.k_scales[c] : 1.0f;
-    for (int r0 = 0; r0 < rows.rows_pad; r0 += kRowBlock) {
-      const float* q = rows.q + r0 * dk;
-      V acc[kRowBlock];
-#pragma GCC unroll 4
-      for (int i = 0; i < kRowBlock; ++i) acc[i] = Simd::zero();
-      for (std::int64_t d = 0; d < dk; d += kLanes) {
-        const V kv = load_elements<kType>(k, d);
-#pragma GCC unroll 4
-        for (int i = 0; i < kRowBlock; ++i) acc[i] = Simd::fma(Simd::load(q + i * dk + d), kv, acc[i]);
-      }
-#pragma GCC unroll 4
-      for (int i = 0; i < kRowBlock; ++i) scores[(r0 + i) * ld + c] = Simd::reduce_add(acc[i]) * k_scale;
-    }
+  for (int r0 = 0; r0 < rows.rows_pad; r0 += kRowBlock) {
+    int c = 0;
+    for (; c + 2 <= chunk.count; c += 2) score_block<kType, 2>(shape, rows, chunk, r0, c, scores, ld);
+    if (c < chunk.count) score_block<kType, 1>(shape, rows, chunk, r0, c, scores, ld);
   }
 }
 
