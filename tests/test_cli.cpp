@@ -690,6 +690,53 @@ TEST_F(Cli, KilledWhileWritingLeavesEachOutputOldOrComplete) {
   EXPECT_GE(caught, 1) << "no kill landed during a write";
 }
 
+// sdpa bench --bandwidth / --decode on small sizes: the tables, the JSON, the ratios in them.
+TEST_F(Cli, BenchBandwidthPrintsGigabytesPerSecond) {
+  const CliResult r = run("bench --bandwidth --bandwidth-mib 16 --threads 1 --repeats 3 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json b = nlohmann::json::parse(r.out)["bandwidth"];
+  EXPECT_EQ(b["threads"], 1);
+  EXPECT_EQ(b["bytes"], 16u << 20);
+  EXPECT_GT(b["gbps"].get<double>(), 0.1);
+  EXPECT_GE(b["best_gbps"].get<double>(), b["gbps"].get<double>());
+}
+
+TEST_F(Cli, BenchDecodeReportsKvBytesGigabytesPerSecondAndPercentOfBandwidth) {
+  const CliResult r = run("bench --decode --decode-lengths 300,700 --heads 4 --heads-kv 2 --dim 16 "
+                          "--repeats 3 --bandwidth-mib 16 --threads 1 --no-caches --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["rows"].size(), 2u);
+  const nlohmann::json& row = j["rows"][1];
+  EXPECT_EQ(row["length"], 700);
+  EXPECT_EQ(row["kv_bytes"], 2 * 2 * 700 * 16 * 4);  // K and V, Hkv = 2, D = 16, fp32
+  const double gbps = row["kv_bytes"].get<double>() / row["time_ms"].get<double>() * 1e-6;
+  EXPECT_NEAR(row["gbps"].get<double>(), gbps, 1e-6 * gbps);
+  EXPECT_NEAR(row["percent_of_bandwidth"].get<double>(),
+              100 * gbps / j["bandwidth"]["gbps"].get<double>(), 1e-6 * gbps);
+  EXPECT_GT(row["speedup_vs_prefill"].get<double>(), 0.0);
+
+  const CliResult table = run("bench --decode --decode-lengths 300 --heads 4 --heads-kv 2 --dim 16 "
+                              "--repeats 1 --bandwidth-mib 16 --threads 1 --no-prefill");
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  EXPECT_NE(table.out.find("read bandwidth: 1 threads"), std::string::npos) << table.out;
+  EXPECT_NE(table.out.find("% of read bandwidth, Lk=300 f32 tensors"), std::string::npos) << table.out;
+  EXPECT_EQ(run("bench --decode --heads 6 --heads-kv 4").exit_code, 2);  // not a multiple
+
+  // KvCache rows: bytes per token of f32 / bf16 / int8 storage (int8: + 4-byte scale per row).
+  const CliResult caches = run("bench --decode --decode-lengths 300 --heads 4 --heads-kv 2 --dim 16 "
+                               "--repeats 1 --bandwidth-mib 16 --threads 1 --no-prefill --json");
+  ASSERT_EQ(caches.exit_code, 0) << caches.err;
+  const nlohmann::json rows = nlohmann::json::parse(caches.out)["rows"];
+  ASSERT_EQ(rows.size(), 4u);
+  EXPECT_EQ(rows[1]["storage"], "f32 cache");
+  EXPECT_EQ(rows[1]["kv_bytes"], 300 * 2 * (16 + 16) * 4);
+  EXPECT_EQ(rows[2]["kv_bytes"], 300 * 2 * (16 + 16) * 2);
+  EXPECT_EQ(rows[3]["storage"], "i8 cache");
+  EXPECT_EQ(rows[3]["kv_bytes"], 300 * 2 * (16 + 16 + 8));
+  EXPECT_EQ(rows[3]["cache_bytes"], 512 * 2 * (16 + 16 + 8));  // two pages of 256 tokens
+}
+
 }  // namespace
 
 #endif  // SDPA_CLI_PATH

@@ -112,7 +112,9 @@ struct Options {
 struct Outputs {
   Tensor out;                             ///< f32 [B, Hq, Lq, Dv], required
   std::optional<Tensor> lse;              ///< f32 [B, Hq, Lq]: natural-log log-sum-exp of each row's logits
-  std::optional<Tensor> weights;          ///< f32 [B, Hq, Lq, Lk]: the softmax probabilities (O(L²) memory)
+  std::optional<Tensor> weights;          ///< f32 [B, Hq, Lq, Lk]: the softmax probabilities (O(L²) memory);
+                                          ///< asking for them selects the prefill plan, so with
+                                          ///< Lq ≤ 16 out may then differ in its last bits
   std::optional<Tensor> entropy;          ///< f32 [B, Hq, Lq]: each row's attention entropy
                                           ///< H = −Σ p log p = lse − Σ p·s (nats), computed inside the
                                           ///< fused kernel; 0 for a row with no visible key
@@ -130,6 +132,11 @@ struct RunInfo {
 /// The fused, tiled forward pass with online softmax: never materializes the Lq×Lk matrix unless
 /// `outputs.weights` is given. fp32 in, fp32 out. A row with no visible key gives out = 0 and
 /// lse = -inf. Results are bitwise identical for every thread count.
+///
+/// Two plans: prefill (query blocks against packed keys/values) and, for decoding — Lq ≤ 16, at
+/// most 64 query rows per (batch, kv-head) group (Hq / Hkv · Lq), no weights — split-KV: all query
+/// rows of a group read each key/value row once, where it lies in memory, in chunks of 256 keys
+/// (chunk c holds keys [256c, 256c + 256)) whose partial softmax states are merged in key order.
 RunInfo forward(const Tensor& q, const Tensor& k, const Tensor& v, const Options& options,
                 const Outputs& outputs);
 

@@ -24,7 +24,7 @@ struct BenchArgs {
   std::string causal = "both";
   double naive_limit_gib = 4;
   bool no_naive = false, no_memory = false, peak_only = false, json = false;
-  bool bandwidth_only = false, decode = false, no_prefill = false;
+  bool bandwidth_only = false, decode = false, no_prefill = false, no_caches = false;
   std::vector<std::int64_t> decode_lengths{4096, 32768, 65536};
   std::int64_t heads_kv = 8;
   bool heads_given = false;  // --decode defaults to Hq = 32 (the shape)
@@ -183,6 +183,7 @@ void run_decode(const BenchArgs& a) {
   o.dim = a.dim;
   o.lengths = a.decode_lengths;
   o.prefill = !a.no_prefill;
+  o.caches = !a.no_caches;
   o.bandwidth_bytes = bandwidth_bytes(a);
   if (o.heads_q % o.heads_kv != 0)
     fail("--heads = ", o.heads_q, ": expected a multiple of --heads-kv = ", o.heads_kv);
@@ -194,6 +195,7 @@ void run_decode(const BenchArgs& a) {
                 {"kv_bytes", row.kv_bytes},   {"time_ms", row.time.median_s * 1e3},
                 {"min_ms", row.time.min_s * 1e3}, {"gbps", row.gbps},
                 {"percent_of_bandwidth", row.percent_of_bandwidth}};
+      if (row.cache_bytes > 0) j["cache_bytes"] = row.cache_bytes;
       if (row.prefill) {
         j["prefill_time_ms"] = row.prefill->median_s * 1e3;
         j["speedup_vs_prefill"] = row.speedup_vs_prefill;
@@ -274,6 +276,8 @@ void add_bench_command(CLI::App& app) {
                   "buffer size of the bandwidth measurement (far larger than the last-level cache)")
       ->capture_default_str();
   cmd->add_flag("--no-prefill", args->no_prefill, "--decode: skip timing the prefill plan");
+  cmd->add_flag("--no-caches", args->no_caches,
+                "--decode: skip the KvCache rows (f32, bf16, int8 storage)");
   cmd->callback([args, cmd] {
     args->heads_given = cmd->count("--heads") > 0;
     if (args->peak_only) return run_peak(*args);
