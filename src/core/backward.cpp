@@ -30,8 +30,14 @@ namespace {
 using kernels::BackwardKernel;
 
 constexpr std::int64_t kMaxKeyChunks = 8;
-constexpr std::int64_t kMinTilesPerChunk = 8;
+constexpr std::int64_t kMinTilesPerChunk = 4;  // of 384 keys: chunks of at least 1536 keys
 constexpr std::size_t kDefaultPackBudget = std::size_t{64} << 20;
+// A multiple of every ISA's microkernel rows (4, 6, 12): tiles read their query rows and keys in
+// groups of the microkernel's rows, so padding to this is always enough.
+constexpr std::int64_t kRowQuantum = 12;
+// A multiple of every ISA's panel width (16, 32) and microkernel rows: the row stride of short
+// sequences' scratch tiles.
+constexpr std::int64_t kKeyQuantum = 96;
 
 const BackwardKernel& backward_kernel_for(Isa isa) {
   switch (isa) {
@@ -61,6 +67,9 @@ struct BackwardPlan {
   std::int64_t chunk_keys = 0, chunks = 0;
   std::int64_t groups = 0, groups_per_round = 1;
   GroupLayout layout;
+  std::int64_t tile_ld = 0;        // row stride of the scratch tiles: keys, cut to the problem's
+  std::int64_t tile_floats = 0;    // one [rows][tile_ld] scratch tile, rows cut likewise
+  std::int64_t acc_keys = 0;       // key rows of the dK/dV accumulators, cut likewise
   std::size_t scratch_floats = 0;  // per thread: 4 tiles + dK/dV accumulators
   int threads = 1;
 };
@@ -72,7 +81,7 @@ BackwardPlan make_backward_plan(const BackwardProblem& bp) {
   plan.nr = plan.kernel->panel;
   plan.rows = plan.kernel->block_rows;
   plan.keys = plan.kernel->block_keys;
-  plan.len_q_pad = round_up(std::max<std::int64_t>(p.len_q, 1), plan.rows);
+  plan.len_q_pad = round_up(std::max<std::int64_t>(p.len_q, 1), kRowQuantum);
   // Whole key panels suffice (tiles stop at the last panel), so short sequences pack little.
   plan.len_k_pad = round_up(std::max<std::int64_t>(p.len_k, 1), plan.nr);
   plan.dim_k_pad = round_up(p.dim_k, plan.nr);
@@ -103,8 +112,12 @@ BackwardPlan make_backward_plan(const BackwardProblem& bp) {
   g.total = g.dq_partials + std::max<std::int64_t>(plan.chunks, 1) * p.group * plan.len_q_pad * plan.dim_k_pad;
 
   // 3 tiles for the kernel, 1 for d(bias) tiles, then the dK/dV accumulators of one key tile.
-  plan.scratch_floats = static_cast<std::size_t>(4 * plan.rows * plan.keys +
-                                                 plan.keys * (plan.dim_k_pad + plan.dim_v_pad));
+  // Short sequences get scratch for the rows and keys they have, not for whole tiles.
+  plan.tile_ld = std::min(plan.keys, round_up(plan.len_k_pad, kKeyQuantum));
+  plan.tile_floats = std::min(plan.rows, plan.len_q_pad) * plan.tile_ld;
+  plan.acc_keys = std::min(plan.keys, round_up(plan.len_k_pad, kRowQuantum));
+  plan.scratch_floats = static_cast<std::size_t>(4 * plan.tile_floats +
+                                                 plan.acc_keys * (plan.dim_k_pad + plan.dim_v_pad));
   const std::size_t group_bytes = static_cast<std::size_t>(g.total) * sizeof(float);
   const std::size_t scratch_bytes = plan.scratch_floats * sizeof(float) * static_cast<std::size_t>(plan.threads);
   std::size_t budget = kDefaultPackBudget;
@@ -303,8 +316,8 @@ bool tile_visible(const RowRanges& r, std::int64_t i0, std::int64_t rows, std::i
 }
 
 kernels::BackwardScratch scratch_tiles(const BackwardPlan& plan, float* scratch) {
-  const std::int64_t tile = plan.rows * plan.keys;
-  return {scratch, scratch + tile, scratch + 2 * tile};
+  const std::int64_t tile = plan.tile_floats;
+  return {scratch, scratch + tile, scratch + 2 * tile, plan.tile_ld};
 }
 
 struct Item {
@@ -319,8 +332,8 @@ double run_item(const BackwardProblem& bp, const BackwardPlan& plan,
   const std::int64_t b = g / p.heads_kv, hk = g % p.heads_kv;
   const GroupLayout& l = plan.layout;
   const kernels::BackwardScratch s = scratch_tiles(plan, scratch);
-  float* dk_acc = scratch + 4 * plan.rows * plan.keys;
-  float* dv_acc = dk_acc + plan.keys * plan.dim_k_pad;
+  float* dk_acc = scratch + 4 * plan.tile_floats;
+  float* dv_acc = dk_acc + plan.acc_keys * plan.dim_k_pad;
   const std::int64_t head_dq = plan.len_q_pad * plan.dim_k_pad;
   float* dq_partial = group + l.dq_partials + item.chunk * p.group * head_dq;
   std::fill(dq_partial, dq_partial + p.group * head_dq, 0.0f);
@@ -331,7 +344,7 @@ double run_item(const BackwardProblem& bp, const BackwardPlan& plan,
   const RowRanges& rr = ranges[static_cast<std::size_t>(b)];
   for (std::int64_t t0 = chunk_begin; t0 < chunk_end; t0 += plan.keys) {
     const std::int64_t n_keys = std::min(plan.keys, round_up(chunk_end - t0, plan.nr));
-    std::fill(dk_acc, dk_acc + plan.keys * (plan.dim_k_pad + plan.dim_v_pad), 0.0f);
+    std::fill(dk_acc, dk_acc + plan.acc_keys * (plan.dim_k_pad + plan.dim_v_pad), 0.0f);
     for (std::int64_t hg = 0; hg < p.group; ++hg) {
       const std::int64_t h = hk * p.group + hg;
       kernels::BackwardTile t = tile_for_head(bp, plan, g, hg, group);
@@ -411,7 +424,7 @@ void run_bias_item(const BackwardProblem& bp, const BackwardPlan& plan,
                    float* scratch) {
   const Problem& p = bp.forward;
   const kernels::BackwardScratch s = scratch_tiles(plan, scratch);
-  float* dlogits = scratch + 3 * plan.rows * plan.keys;  // [rows][keys]
+  float* dlogits = scratch + 3 * plan.tile_floats;  // [rows][tile_ld]
   const View4<float>& db = *bp.dbias;
   const std::int64_t q_blocks = ceil_div(p.len_q, plan.rows), key_tiles = ceil_div(p.len_k, plan.keys);
   for (std::int64_t g = round_begin; g < round_end; ++g) {
@@ -438,7 +451,7 @@ void run_bias_item(const BackwardProblem& bp, const BackwardPlan& plan,
           const std::int64_t keys = std::min(n_keys, p.len_k - t0);
           for (int r = 0; r < rows; ++r)
             for (std::int64_t c = 0; c < keys; ++c)
-              db.at(b, h, i0 + r, t0 + c) += dlogits[r * plan.keys + c];
+              db.at(b, h, i0 + r, t0 + c) += dlogits[r * plan.tile_ld + c];
         }
       }
     }

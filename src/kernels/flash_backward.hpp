@@ -34,7 +34,7 @@ struct BackwardTile {
   const float* bias = nullptr;  // at (i0, key 0)
   std::int64_t bias_row_stride = 0, bias_col_stride = 0;
 
-  // Outputs. With dlogits set, the tile only writes dS = ∂L/∂logits there ([rows][block_keys]) and
+  // Outputs. With dlogits set, the tile only writes dS = ∂L/∂logits there ([rows][scratch ld]) and
   // touches nothing else; otherwise it accumulates:
   float* dk_acc = nullptr;  // [block_keys][dim_k_pad] Σ dSᵀ·Q for keys t0.. (unscaled)
   float* dv_acc = nullptr;  // [block_keys][dim_v_pad] Σ Pᵀ·dO
@@ -43,9 +43,12 @@ struct BackwardTile {
   float* dlogits = nullptr;
 };
 
-/// Per-thread scratch: three [block_rows × block_keys] tiles.
+/// Per-thread scratch: three [block_rows][ld] tiles (also the layout of BackwardTile::dlogits).
+/// ld ≤ block_keys, a multiple of the panel width and of the microkernel's rows, and at least the
+/// tile's n_keys rounded up to the microkernel's rows (short sequences need less than block_keys).
 struct BackwardScratch {
   float *scores = nullptr, *probs = nullptr, *dlogits = nullptr;
+  std::int64_t ld = 0;
 };
 
 struct BackwardKernel {

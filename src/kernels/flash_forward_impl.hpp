@@ -58,11 +58,30 @@ void pack_queries(const BlockState& st) {
   }
 }
 
-// scores[r][0..n_keys) = Q[r]·K[t0 + c] for every row group.
-void compute_scores(const BlockState& st, std::int64_t t0, std::int64_t n_keys) {
+constexpr int kBlockGroups = kBlockRows / kMicroRows;
+
+// Per row group, the keys of tile [t0, t0 + n_keys) its rows see: whole panels for Q·Kᵀ, exact for
+// P·V (group_key_ranges). Diagonal tiles of causal and windowed attention skip the rest.
+struct TileRanges {
+  std::int64_t panel_lo[kBlockGroups], panel_hi[kBlockGroups];
+  std::int64_t key_lo[kBlockGroups], key_hi[kBlockGroups];
+};
+
+TileRanges tile_ranges(const BlockState& st, std::int64_t t0, std::int64_t n_keys) {
+  TileRanges tr;
+  group_key_ranges(st.block.key_begin, st.block.key_end, st.block.rows, st.groups, t0, n_keys,
+                   true, tr.panel_lo, tr.panel_hi);
+  group_key_ranges(st.block.key_begin, st.block.key_end, st.block.rows, st.groups, t0, n_keys,
+                   false, tr.key_lo, tr.key_hi);
+  return tr;
+}
+
+// scores[r][c] = Q[r]·K[t0 + c] for the key panels row r's group sees; the other panels hold stale
+// values, which logits_row replaces by −inf (they are outside every visible range of the group).
+void compute_scores(const BlockState& st, const TileRanges& tr, std::int64_t t0) {
   const std::int64_t dim_k = st.shape.dim_k;
-  panel_gemm<false>(st.q_packed, dim_k, st.groups * kMicroRows, st.kv.k_panels + t0 * dim_k,
-                    dim_k * kPanel, n_keys, dim_k, st.scores, kBlockKeys);
+  panel_gemm_cols(st.q_packed, dim_k, st.groups * kMicroRows, st.kv.k_panels + t0 * dim_k,
+                  dim_k * kPanel, dim_k, st.scores, kBlockKeys, tr.panel_lo, tr.panel_hi);
 }
 
 // Row r's logits over keys [t0, t0 + n_keys) from its raw scores (softmax_rows_impl.hpp).
@@ -112,10 +131,13 @@ void softmax_tile(const BlockState& st, std::int64_t t0, std::int64_t n_keys) {
   }
 }
 
-// acc += P·V[t0 .. t0 + n_keys) for every row group and value panel.
-void accumulate_values(const BlockState& st, std::int64_t t0, std::int64_t n_keys) {
-  panel_gemm<true>(st.scores, kBlockKeys, st.groups * kMicroRows, st.kv.v_panels + t0 * kPanel,
-                   st.kv.len_k_padded * kPanel, st.dim_v_pad, n_keys, st.acc, st.dim_v_pad);
+// acc += P·V over the keys each row group sees (P is 0 elsewhere). Not over the panel padding
+// past them either: a padding key's value (say NaN in an unused KV-cache slot) must not reach the
+// output as 0·NaN.
+void accumulate_values(const BlockState& st, const TileRanges& tr, std::int64_t t0) {
+  panel_gemm_depth<false>(st.scores, kBlockKeys, st.groups * kMicroRows,
+                          st.kv.v_panels + t0 * kPanel, st.kv.len_k_padded * kPanel, st.dim_v_pad,
+                          st.acc, st.dim_v_pad, tr.key_lo, tr.key_hi);
 }
 
 void write_outputs(const BlockState& st) {
@@ -145,7 +167,7 @@ void write_weights(const BlockState& st, std::int64_t first, std::int64_t last) 
       b.weights[r * b.weights_row_stride + j * b.weights_col_stride] = 0.0f;
   for (std::int64_t t0 = first; t0 < last; t0 += kBlockKeys) {
     const std::int64_t n_keys = min_i64(kBlockKeys, round_up(last - t0, kPanel));
-    compute_scores(st, t0, n_keys);
+    compute_scores(st, tile_ranges(st, t0, n_keys), t0);
     for (int r = 0; r < b.rows; ++r) {
       const float l = st.row_sum[r];
       if (l == 0.0f) continue;
@@ -189,11 +211,10 @@ void forward_block(const BlockShape& shape, const PackedKeysValues& kv, const Qu
   }
   for (std::int64_t t0 = first; t0 < last; t0 += kBlockKeys) {
     const std::int64_t n_keys = min_i64(kBlockKeys, round_up(last - t0, kPanel));
-    compute_scores(st, t0, n_keys);
+    const TileRanges tr = tile_ranges(st, t0, n_keys);
+    compute_scores(st, tr, t0);
     softmax_tile(st, t0, n_keys);
-    // P·V over the keys some row of the block sees, not the panel padding past them: a padding
-    // key's value (say NaN in an unused KV-cache slot) must not reach the output as 0·NaN.
-    accumulate_values(st, t0, min_i64(n_keys, last - t0));
+    accumulate_values(st, tr, t0);
   }
   write_outputs(st);
   if (block.weights != nullptr) write_weights(st, first, last);

@@ -62,3 +62,85 @@ void panel_gemm(const float* a, std::int64_t lda, std::int64_t rows, const float
     }
   }
 }
+
+// Causal and windowed tiles are partly masked; these variants skip the microkernel calls that
+// would only produce masked (or zero-weight) entries. Row group g = rows [g·kMicroRows, …).
+
+// C = A·B where row group g computes only the column panels in [lo[g], hi[g]) (multiples of
+// kPanel); C's other panels are left as they were (callers overwrite or ignore them).
+inline void panel_gemm_cols(const float* a, std::int64_t lda, std::int64_t rows, const float* b,
+                            std::int64_t b_panel_stride, std::int64_t depth, float* c,
+                            std::int64_t ldc, const std::int64_t* lo, const std::int64_t* hi) {
+  std::int64_t cols = 0;
+  for (std::int64_t g = 0; g < rows / kMicroRows; ++g) cols = max_i64(cols, hi[g]);
+  for (std::int64_t col = 0; col < cols; col += kPanel) {
+    const float* b_panel = b + col / kPanel * b_panel_stride;
+    for (std::int64_t r = 0; r < rows; r += kMicroRows) {
+      const std::int64_t g = r / kMicroRows;
+      if (col < lo[g] || col >= hi[g]) continue;
+      gemm_microkernel<false, false>(a + r * lda, lda, b_panel, depth, c + r * ldc + col, ldc);
+    }
+  }
+}
+
+// C += A·B where row group g's depth runs over [lo[g], hi[g]) only: A is zero outside it.
+template <bool kTransposeA>
+void panel_gemm_depth(const float* a, std::int64_t lda, std::int64_t rows, const float* b,
+                      std::int64_t b_panel_stride, std::int64_t cols, float* c, std::int64_t ldc,
+                      const std::int64_t* lo, const std::int64_t* hi) {
+  for (std::int64_t col = 0; col < cols; col += kPanel) {
+    const float* b_panel = b + col / kPanel * b_panel_stride;
+    for (std::int64_t r = 0; r < rows; r += kMicroRows) {
+      const std::int64_t g = r / kMicroRows, k0 = lo[g];
+      if (k0 >= hi[g]) continue;
+      const float* a_rows = kTransposeA ? a + k0 * lda + r : a + r * lda + k0;
+      gemm_microkernel<true, kTransposeA>(a_rows, lda, b_panel + k0 * kPanel, hi[g] - k0,
+                                          c + r * ldc + col, ldc);
+    }
+  }
+}
+
+// Column ranges per row group: the union of the visible key ranges [begin[r], end[r]) of its rows
+// (absolute keys), relative to the tile's first key t0 and clipped to [0, n_keys). With `panels`,
+// widened to whole panels (for panel_gemm_cols); otherwise exact (for depths). Rows ≥ `rows`
+// (padding) see nothing; a group that sees nothing gets lo ≥ hi.
+inline void group_key_ranges(const std::int64_t* begin, const std::int64_t* end, int rows,
+                             int groups, std::int64_t t0, std::int64_t n_keys, bool panels,
+                             std::int64_t* lo, std::int64_t* hi) {
+  for (int g = 0; g < groups; ++g) {
+    std::int64_t l = n_keys, h = 0;
+    for (int r = g * kMicroRows; r < (g + 1) * kMicroRows && r < rows; ++r) {
+      const std::int64_t b0 = max_i64(begin[r] - t0, 0), e0 = min_i64(end[r] - t0, n_keys);
+      if (b0 >= e0) continue;
+      l = min_i64(l, b0);
+      h = max_i64(h, e0);
+    }
+    if (panels && l < h) {
+      l = l / kPanel * kPanel;
+      h = min_i64(round_up(h, kPanel), round_up(n_keys, kPanel));
+    }
+    lo[g] = l;
+    hi[g] = h;
+  }
+}
+
+// Row ranges per key group (keys [g·kMicroRows, …) of the tile, for the transposed products whose
+// rows are keys and whose depth is query rows): the rows r < rows whose visible keys
+// [begin[r], end[r]) − t0 meet the group. A group no row sees gets lo ≥ hi.
+inline void key_group_row_ranges(const std::int64_t* begin, const std::int64_t* end, int rows,
+                                 std::int64_t t0, int key_groups, std::int64_t* lo,
+                                 std::int64_t* hi) {
+  for (int g = 0; g < key_groups; ++g) {
+    lo[g] = rows;
+    hi[g] = 0;
+  }
+  for (int r = 0; r < rows; ++r) {
+    const std::int64_t b0 = max_i64(begin[r] - t0, 0);
+    const std::int64_t e0 = min_i64(end[r] - t0, static_cast<std::int64_t>(key_groups) * kMicroRows);
+    if (b0 >= e0) continue;
+    for (std::int64_t g = b0 / kMicroRows; g <= (e0 - 1) / kMicroRows; ++g) {
+      lo[g] = min_i64(lo[g], r);
+      hi[g] = max_i64(hi[g], r + 1);
+    }
+  }
+}
