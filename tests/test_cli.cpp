@@ -737,6 +737,37 @@ TEST_F(Cli, BenchDecodeReportsKvBytesGigabytesPerSecondAndPercentOfBandwidth) {
   EXPECT_EQ(rows[3]["cache_bytes"], 512 * 2 * (16 + 16 + 8));  // two pages of 256 tokens
 }
 
+// sdpa decode: generation over the paged cache; the JSON names tokens/s and the cache bytes, the
+// tokens do not depend on the thread count, bad arguments exit 2.
+TEST_F(Cli, DecodeGeneratesTokensAndReportsCacheBytes) {
+  const std::string shape = "decode --d-model 32 --heads 4 --kv-heads 2 --head-dim 16 --sequences 2 "
+                            "--prompt 5 --tokens 7 --vocab 50 --block-tokens 4 --storage i8 --json";
+  const CliResult r = run(shape + " --threads 1");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["context"], 12);
+  EXPECT_EQ(j["cache_bytes_per_token"], 2 * (16 + 16 + 8));
+  EXPECT_EQ(j["cache_bytes_used"], 2 * 12 * 2 * (16 + 16 + 8));
+  EXPECT_EQ(j["cache_pool_bytes"], 2 * 3 * 4 * 2 * (16 + 16 + 8));  // 3 pages of 4 per sequence
+  EXPECT_GT(j["tokens_per_second"].get<double>(), 0.0);
+  ASSERT_EQ(j["generated"].size(), 2u);
+  EXPECT_EQ(j["generated"][0].size(), 7u);
+  for (const auto& token : j["generated"][1]) EXPECT_LT(token.get<int>(), 50);
+  const CliResult two = run(shape + " --threads 2");
+  ASSERT_EQ(two.exit_code, 0) << two.err;
+  EXPECT_EQ(nlohmann::json::parse(two.out)["generated"], j["generated"]);
+
+  const CliResult text = run("decode --d-model 16 --heads 2 --kv-heads 1 --head-dim 8 --prompt 3 "
+                             "--tokens 2 --storage bf16 --no-progress");
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  EXPECT_NE(text.out.find("tokens/s"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find("bytes per token"), std::string::npos) << text.out;
+  const CliResult bad = run("decode --storage f16");
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.err.find("--storage = 'f16': expected f32, bf16 or i8"), std::string::npos) << bad.err;
+  EXPECT_EQ(run("decode --heads 3 --kv-heads 2").exit_code, 2);
+}
+
 }  // namespace
 
 #endif  // SDPA_CLI_PATH

@@ -16,6 +16,7 @@
 
 #include "core/mask.hpp"
 #include "core/problem.hpp"
+#include "sdpa/kv_cache.hpp"
 #include "sdpa/mha.hpp"
 #include "sdpa/sdpa.hpp"
 
@@ -434,6 +435,48 @@ INSTANTIATE_TEST_SUITE_P(
                       DecodeCase{
                           "SlidingWindow", {6, 2, 1, 4, 4, false}, {3, 1, 1, 1, 2}, Window{2, 0}}),
     [](const auto& info) { return info.param.name; });
+
+// The paged sdpa::KvCache (fp32 storage, pages of 3 tokens so steps cross pages) gives the same
+// step outputs as the full-sequence forward, for two sequences decoded together.
+TEST(MhaPagedKvCache, StepOutputsEqualFullSequenceOutput) {
+  std::mt19937_64 generator(6);
+  MultiHeadAttention layer = make_layer({8, 4, 2, 3, 5, true}, generator);
+  const MhaConfig& cfg = layer.config();
+  const std::int64_t B = 2, d = cfg.d_model, L = 9;
+  const auto x = uniform_values(static_cast<std::size_t>(B * L * d), generator);
+  Options full_options;
+  full_options.causal = Causal::top_left;
+  std::vector<float> y_full(x.size());
+  layer.forward(x, x, B, L, L, full_options, y_full);
+
+  KvCache cache({cfg.kv_heads, cfg.d_k, cfg.d_v, 3, 8, KvStorage::f32});
+  const std::vector<int> ids{cache.add_sequence(), cache.add_sequence()};
+  std::int64_t done = 0;
+  double worst = 0, largest = 0;
+  for (std::int64_t n : {4, 1, 1, 2, 1}) {
+    std::vector<float> x_step(static_cast<std::size_t>(B * n * d)), y_step(x_step.size());
+    for (std::int64_t b = 0; b < B; ++b)
+      std::copy_n(x.begin() + (b * L + done) * d, n * d, x_step.begin() + b * n * d);
+    layer.decode_step(x_step, n, cache, ids, y_step);
+    for (std::int64_t b = 0; b < B; ++b) {
+      ASSERT_EQ(cache.length(ids[static_cast<std::size_t>(b)]), done + n);
+      for (std::int64_t t = 0; t < n; ++t)
+        for (std::int64_t e = 0; e < d; ++e) {
+          const double full = y_full[(b * L + done + t) * d + e];
+          largest = std::max(largest, std::abs(full));
+          worst = std::max(worst, std::abs(y_step[(b * n + t) * d + e] - full));
+        }
+    }
+    done += n;
+  }
+  EXPECT_LE(worst, 1e-5 * std::max(1.0, largest)) << "largest |y| " << largest;
+
+  // A step the pool cannot hold (6 pages used of 8; two sequences need 2 more each) appends nothing.
+  std::vector<float> x_big(static_cast<std::size_t>(B * 6 * d), 0.5f), y_big(x_big.size());
+  EXPECT_THROW(layer.decode_step(x_big, 6, cache, ids, y_big), Error);
+  EXPECT_EQ(cache.length(ids[0]), L);
+  EXPECT_EQ(cache.length(ids[1]), L);
+}
 
 TEST(MhaKvCache, FullCacheThrowsAndAppendsNothing) {
   std::mt19937_64 generator(5);

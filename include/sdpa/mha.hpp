@@ -24,6 +24,7 @@
 #include <span>
 #include <vector>
 
+#include "sdpa/kv_cache.hpp"
 #include "sdpa/sdpa.hpp"
 
 namespace sdpa {
@@ -128,6 +129,15 @@ class MultiHeadAttention {
   /// appended).
   void decode_step(std::span<const float> x_new, std::int64_t len_new, MhaKvCache& cache,
                    const Options& options, std::span<float> y, std::span<float> entropy = {}) const;
+
+  /// The same step with a paged sdpa::KvCache (fp32, bf16 or int8 storage; see kv_cache.hpp):
+  /// x_new [S, len_new, d_model] holds the next positions of the S sequences `sequences` (ids in
+  /// `cache`, whose heads_kv / dim_k / dim_v must be this layer's kv_heads / d_k / d_v); their keys
+  /// and values are appended and their queries attend bottom-right aligned, y [S, len_new,
+  /// d_model]. Throws sdpa::Error (and appends nothing) when the pool lacks the pages.
+  void decode_step(std::span<const float> x_new, std::int64_t len_new, KvCache& cache,
+                   std::span<const int> sequences, std::span<float> y,
+                   const AttendOptions& options = {}) const;
 
  private:
   MhaConfig config_;

@@ -155,7 +155,7 @@ void run_grid(const BenchArgs& a) {
 
 json bandwidth_json(const bench::BandwidthMeasurement& b) {
   return {{"threads", b.threads}, {"bytes", b.bytes},         {"repeats", b.repeats},
-          {"gbps", b.gbps},       {"best_gbps", b.best_gbps}};
+          {"gbps", b.gbps},       {"best_gbps", b.best_gbps}, {"cpu_gbps", b.cpu_gbps}};
 }
 
 std::size_t bandwidth_bytes(const BenchArgs& a) {
@@ -194,7 +194,9 @@ void run_decode(const BenchArgs& a) {
       json j = {{"length", row.length},       {"storage", row.storage},
                 {"kv_bytes", row.kv_bytes},   {"time_ms", row.time.median_s * 1e3},
                 {"min_ms", row.time.min_s * 1e3}, {"gbps", row.gbps},
-                {"percent_of_bandwidth", row.percent_of_bandwidth}};
+                {"percent_of_bandwidth", row.percent_of_bandwidth},
+                {"cpu_gbps", row.cpu_gbps},
+                {"cpu_percent_of_bandwidth", row.cpu_percent_of_bandwidth}};
       if (row.cache_bytes > 0) j["cache_bytes"] = row.cache_bytes;
       if (row.prefill) {
         j["prefill_time_ms"] = row.prefill->median_s * 1e3;

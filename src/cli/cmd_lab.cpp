@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "cli/commands.hpp"
+#include "cli/progress.hpp"
 #include "core/errors.hpp"
 #include "io/atomic_file.hpp"
 #include "io/npy.hpp"
@@ -45,41 +46,6 @@ struct LabArgs {
   std::int64_t bench_length = 256;
   // report
   std::string out, chart_js = lab::kDefaultChartJs;
-};
-
-// ---- progress bar ------------------------------------------------------------------------------
-
-/// A one-line bar on stderr, redrawn at most every 100 ms; nothing when stderr is not a terminal.
-class ProgressBar {
- public:
-  explicit ProgressBar(bool enabled) : enabled_(enabled && ::isatty(STDERR_FILENO) == 1) {}
-  ~ProgressBar() { finish(); }
-
-  lab::Progress callback() {
-    if (!enabled_) return {};
-    return [this](double fraction, const std::string& status) { draw(fraction, status); };
-  }
-  void finish() {
-    if (drawn_) std::cerr << "\r\033[K" << std::flush;
-    drawn_ = false;
-  }
-
- private:
-  void draw(double fraction, const std::string& status) {
-    const auto now = std::chrono::steady_clock::now();
-    if (drawn_ && fraction < 1 && now - last_ < std::chrono::milliseconds(100)) return;
-    last_ = now;
-    constexpr int kWidth = 30;
-    const int filled = static_cast<int>(std::lround(std::clamp(fraction, 0.0, 1.0) * kWidth));
-    std::cerr << "\r\033[K[" << std::string(static_cast<std::size_t>(filled), '#')
-              << std::string(static_cast<std::size_t>(kWidth - filled), '.') << "] "
-              << static_cast<int>(100 * fraction) << "% " << status << std::flush;
-    drawn_ = true;
-  }
-
-  bool enabled_;
-  bool drawn_ = false;
-  std::chrono::steady_clock::time_point last_{};
 };
 
 // ---- configs from the arguments

@@ -16,6 +16,7 @@ void add_grad_command(CLI::App& app);   // sdpa grad   (src/cli/cmd_grad.cpp)
 void add_demo_command(CLI::App& app);   // sdpa demo   (src/cli/cmd_demo.cpp); also `sdpa` alone
 void add_bench_command(CLI::App& app);  // sdpa bench  (src/cli/cmd_bench.cpp)
 void add_lab_command(CLI::App& app);    // sdpa lab    (src/cli/cmd_lab.cpp)
+void add_decode_command(CLI::App& app); // sdpa decode (src/cli/cmd_decode.cpp)
 
 /// Runs the demo on built-in defaults (what `sdpa` with no arguments does).
 int run_default_demo();

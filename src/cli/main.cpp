@@ -34,6 +34,7 @@ void register_commands(CLI::App& app) {
   sdpa::cli::add_grad_command(app);
   sdpa::cli::add_demo_command(app);
   sdpa::cli::add_lab_command(app);
+  sdpa::cli::add_decode_command(app);
 #ifdef SDPA_CLI_HAVE_BENCH
   sdpa::cli::add_bench_command(app);
 #endif

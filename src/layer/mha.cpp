@@ -291,4 +291,51 @@ void MultiHeadAttention::decode_step(std::span<const float> x_new, std::int64_t 
   project(attn.data(), B * len_new, w.o, parameters_.w_o, parameters_.b_o, c.d_model, y.data());
 }
 
+void MultiHeadAttention::decode_step(std::span<const float> x_new, std::int64_t len_new,
+                                     KvCache& cache, std::span<const int> sequences,
+                                     std::span<float> y, const AttendOptions& options) const {
+  const MhaConfig& c = config_;
+  const Widths w(c);
+  const KvCacheConfig& cc = cache.config();
+  const auto S = static_cast<std::int64_t>(sequences.size());
+  check_positive(len_new, "len_new");
+  if (cc.heads_kv != c.kv_heads || cc.dim_k != c.d_k || cc.dim_v != c.d_v)
+    fail("cache: built for heads_kv/dim_k/dim_v = ", cc.heads_kv, "/", cc.dim_k, "/", cc.dim_v,
+         ", this layer has ", c.kv_heads, "/", c.d_k, "/", c.d_v);
+  check_size(x_new.size(), S * len_new * c.d_model, "x_new", "sequences.size()·len_new·d_model");
+  check_size(y.size(), S * len_new * c.d_model, "y", "sequences.size()·len_new·d_model");
+  std::int64_t pages = 0;  // every sequence's new pages, checked before anything is appended
+  for (const int id : sequences) {
+    const std::int64_t length = cache.length(id);  // throws for an unknown id
+    pages += (length + len_new + cc.block_tokens - 1) / cc.block_tokens -
+             (length + cc.block_tokens - 1) / cc.block_tokens;
+  }
+  if (pages > cache.free_blocks())
+    fail("cache: this step needs ", pages, " more pages, the pool has ", cache.free_blocks(), " free");
+
+  std::vector<float> q(static_cast<std::size_t>(S * len_new * w.q));
+  std::vector<float> k(static_cast<std::size_t>(S * len_new * w.k));
+  std::vector<float> v(static_cast<std::size_t>(S * len_new * w.v));
+  std::vector<float> attn(static_cast<std::size_t>(S * len_new * w.o));
+  project(x_new.data(), S * len_new, c.d_model, parameters_.w_q, parameters_.b_q, w.q, q.data());
+  project(x_new.data(), S * len_new, c.d_model, parameters_.w_k, parameters_.b_k, w.k, k.data());
+  project(x_new.data(), S * len_new, c.d_model, parameters_.w_v, parameters_.b_v, w.v, v.data());
+  for (std::int64_t s = 0; s < S; ++s) {
+    const int id = sequences[static_cast<std::size_t>(s)];
+    // Rows [s·len_new, (s + 1)·len_new) of the projections, seen as [heads, len_new, d].
+    cache.append(id,
+                 Tensor::strided(k.data() + s * len_new * w.k, DType::f32, {c.kv_heads, len_new, c.d_k},
+                                 {c.d_k, w.k, 1}),
+                 Tensor::strided(v.data() + s * len_new * w.v, DType::f32, {c.kv_heads, len_new, c.d_v},
+                                 {c.d_v, w.v, 1}));
+    cache.attend(id,
+                 Tensor::strided(q.data() + s * len_new * w.q, DType::f32, {c.heads, len_new, c.d_k},
+                                 {c.d_k, w.q, 1}),
+                 Tensor::strided(attn.data() + s * len_new * w.o, DType::f32,
+                                 {c.heads, len_new, c.d_v}, {c.d_v, w.o, 1}),
+                 options);
+  }
+  project(attn.data(), S * len_new, w.o, parameters_.w_o, parameters_.b_o, c.d_model, y.data());
+}
+
 }  // namespace sdpa
