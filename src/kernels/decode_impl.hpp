@@ -51,6 +51,22 @@ V load_elements(const void* row, std::int64_t d) {
   }
 }
 
+constexpr int kPrefetchKeys = 16;  // rows ahead that are prefetched (see prefetch_row)
+
+template <RowType kType>
+constexpr std::int64_t element_bytes() {
+  return kType == RowType::f32 ? 4 : kType == RowType::bf16 ? 2 : 1;
+}
+
+// Asks for every cache line of one key/value row of `elements` elements. Rows of different keys
+// may lie anywhere (strided tensors, cache pages), so the hardware prefetcher alone leaves a
+// thread waiting at each row; a few rows ahead keeps the loads in flight.
+template <RowType kType>
+void prefetch_row(const void* row, std::int64_t elements) {
+  const auto* bytes = static_cast<const char*>(row);
+  for (std::int64_t b = 0; b < elements * element_bytes<kType>(); b += 64) __builtin_prefetch(bytes + b);
+}
+
 // scores[r][c] = q_r · k_c (times the key's int8 scale) for kRowBlock rows from r0 and kKeys keys
 // from c: kRowBlock · kKeys independent accumulator chains, each query vector loaded once per
 // kKeys keys.
@@ -64,6 +80,10 @@ void score_block(const DecodeShape& shape, const DecodeRows& rows, const DecodeC
   for (int n = 0; n < kKeys; ++n)
 #pragma GCC unroll 4
     for (int i = 0; i < kRowBlock; ++i) acc[n][i] = Simd::zero();
+  if (r0 == 0)
+    for (int n = 0; n < kKeys; ++n)
+      if (c + n + kPrefetchKeys < chunk.count)
+        prefetch_row<kType>(chunk.k_rows[c + n + kPrefetchKeys], dk);
   for (std::int64_t d = 0; d < dk; d += kLanes) {
     V k[kKeys];
 #pragma GCC unroll 4
@@ -96,13 +116,16 @@ void chunk_scores(const DecodeShape& shape, const DecodeRows& rows, const Decode
 // acc[r][d0 .. d0 + kVectors·kLanes) = Σ_c P[r][c]·v_c for one register block of rows.
 template <RowType kType, int kVectors>
 void value_block(const DecodeChunk& chunk, const float* p, std::int64_t ld, int r0,
-                 std::int64_t d0, float* acc_out, std::int64_t acc_ld) {
+                 std::int64_t d0, float* acc_out, std::int64_t acc_ld, std::int64_t dv) {
   V acc[kRowBlock][kVectors];
 #pragma GCC unroll 4
   for (int i = 0; i < kRowBlock; ++i)
 #pragma GCC unroll 4
     for (int x = 0; x < kVectors; ++x) acc[i][x] = Simd::zero();
   for (int c = 0; c < chunk.count; ++c) {
+    // The first pass over the values (d0 = 0, r0 = 0) brings in the whole rows the later ones reuse.
+    if (d0 == 0 && r0 == 0 && c + kPrefetchKeys < chunk.count)
+      prefetch_row<kType>(chunk.v_rows[c + kPrefetchKeys], dv);
     float weight[kRowBlock];
     bool any = false;
 #pragma GCC unroll 4
@@ -137,10 +160,10 @@ void chunk_values(const DecodeShape& shape, const DecodeRows& rows, const Decode
     const int vectors = static_cast<int>(min_i64(kValueVectors, (dv - d0) / kLanes));
     for (int r0 = 0; r0 < rows.rows_pad; r0 += kRowBlock) {
       switch (vectors) {
-        case 1: value_block<kType, 1>(chunk, p, ld, r0, d0, acc, dv); break;
-        case 2: value_block<kType, 2>(chunk, p, ld, r0, d0, acc, dv); break;
-        case 3: value_block<kType, kValueVectors >= 3 ? 3 : 1>(chunk, p, ld, r0, d0, acc, dv); break;
-        default: value_block<kType, kValueVectors>(chunk, p, ld, r0, d0, acc, dv); break;
+        case 1: value_block<kType, 1>(chunk, p, ld, r0, d0, acc, dv, dv); break;
+        case 2: value_block<kType, 2>(chunk, p, ld, r0, d0, acc, dv, dv); break;
+        case 3: value_block<kType, kValueVectors >= 3 ? 3 : 1>(chunk, p, ld, r0, d0, acc, dv, dv); break;
+        default: value_block<kType, kValueVectors>(chunk, p, ld, r0, d0, acc, dv, dv); break;
       }
     }
   }
