@@ -15,7 +15,8 @@ namespace sdpa::test {
 namespace {
 
 // Runs the split-KV plan (forced) on every ISA and checks every output against the references.
-::testing::AssertionResult split_kv_matches_reference(const Inputs& in, const OutputLayouts& layouts,
+::testing::AssertionResult split_kv_matches_reference(const Inputs& in,
+                                                      const OutputLayouts& layouts,
                                                       const std::string& what, int threads) {
   OutputBuffers buffers = in.make_outputs(layouts);
   const References refs = in.references(buffers);
@@ -24,7 +25,8 @@ namespace {
     Options o = in.options();
     o.isa = isa;
     o.threads = threads;
-    forward_with_plan(in.q.tensor, in.k.tensor, in.v.tensor, o, buffers.outputs(), ForwardPlan::split_kv);
+    forward_with_plan(in.q.tensor, in.k.tensor, in.v.tensor, o, buffers.outputs(),
+                      ForwardPlan::split_kv);
     if (auto r = check_outputs(refs, buffers, in.len_k(), in.dim_v()); !r)
       return r << "\n  case: " << what << ", isa " << isa_name(isa);
   }
@@ -37,23 +39,30 @@ namespace {
 TEST(Decode, SplitKvMatchesFp64ReferenceWithEveryOptionOnEveryIsa) {
   for (std::uint64_t seed = 1; seed <= 60; ++seed) {
     Rng rng(seed * 31 + 5);
-    const std::int64_t B = rng.integer(1, 2), Hkv = rng.integer(1, 2), group = rng.pick<std::int64_t>({1, 2, 4, 8});
-    const std::int64_t Lq = rng.pick<std::int64_t>({1, 1, 2, 3, 8, 16}) , Lk = rng.integer(0, 700);
-    const std::int64_t Dk = rng.pick<std::int64_t>({1, 7, 16, 33, 64, 128}), Dv = rng.pick<std::int64_t>({1, 8, 24, 64, 128});
+    const std::int64_t B = rng.integer(1, 2), Hkv = rng.integer(1, 2),
+                       group = rng.pick<std::int64_t>({1, 2, 4, 8});
+    const std::int64_t Lq = rng.pick<std::int64_t>({1, 1, 2, 3, 8, 16}), Lk = rng.integer(0, 700);
+    const std::int64_t Dk = rng.pick<std::int64_t>({1, 7, 16, 33, 64, 128}),
+                       Dv = rng.pick<std::int64_t>({1, 8, 24, 64, 128});
     const std::int64_t Hq = Hkv * group;
     if (group * Lq > kDecodeMaxRows) continue;
     std::ostringstream what;
-    what << "seed=" << seed << " B=" << B << " Hq=" << Hq << " Hkv=" << Hkv << " Lq=" << Lq << " Lk=" << Lk
-         << " Dk=" << Dk << " Dv=" << Dv;
+    what << "seed=" << seed << " B=" << B << " Hq=" << Hq << " Hkv=" << Hkv << " Lq=" << Lq
+         << " Lk=" << Lk << " Dk=" << Dk << " Dv=" << Dv;
     Inputs in{random_floats(rng, {B, Hq, Lq, Dk}, random_layout(rng, 4, false), 2.0f),
               random_floats(rng, {B, Hkv, Lk, Dk}, random_layout(rng, 4, false), 2.0f),
               random_floats(rng, {B, Hkv, Lk, Dv}, random_layout(rng, 4, false)),
-              std::nullopt, std::nullopt, {}, {}, {}};
+              std::nullopt,
+              std::nullopt,
+              {},
+              {},
+              {}};
     what << " k/" << in.k.layout_name << " v/" << in.v.layout_name;
     in.base.causal = rng.pick({Causal::none, Causal::top_left, Causal::bottom_right});
     what << " causal=" << static_cast<int>(in.base.causal);
     if (rng.chance(0.3)) {
-      in.mask.emplace(DType::boolean, std::vector<std::int64_t>{B, rng.chance(0.5) ? Hq : 1, Lq, Lk});
+      in.mask.emplace(DType::boolean,
+                      std::vector<std::int64_t>{B, rng.chance(0.5) ? Hq : 1, Lq, Lk});
       const double density = rng.pick({0.05, 0.5, 0.95});
       in.mask->fill([&](const Index&) { return static_cast<std::uint8_t>(rng.chance(density)); });
       what << " mask=" << density;
@@ -65,15 +74,18 @@ TEST(Decode, SplitKvMatchesFp64ReferenceWithEveryOptionOnEveryIsa) {
       what << " bias";
     }
     if (rng.chance(0.25)) {
-      in.base.window = Window{rng.pick<std::int64_t>({-1, 0, 5, 300}), rng.pick<std::int64_t>({-1, 0, 3})};
+      in.base.window =
+          Window{rng.pick<std::int64_t>({-1, 0, 5, 300}), rng.pick<std::int64_t>({-1, 0, 3})};
       what << " window=" << in.base.window->left << "," << in.base.window->right;
     }
     if (rng.chance(0.3)) {
-      for (std::int64_t b = 0; b < B; ++b) in.key_lengths.push_back(static_cast<std::int32_t>(rng.integer(0, Lk)));
+      for (std::int64_t b = 0; b < B; ++b)
+        in.key_lengths.push_back(static_cast<std::int32_t>(rng.integer(0, Lk)));
       what << " key_lengths";
     }
     if (rng.chance(0.15)) {
-      for (std::int64_t b = 0; b < B; ++b) in.query_lengths.push_back(static_cast<std::int32_t>(rng.integer(0, Lq)));
+      for (std::int64_t b = 0; b < B; ++b)
+        in.query_lengths.push_back(static_cast<std::int32_t>(rng.integer(0, Lq)));
       what << " query_lengths";
     }
     if (rng.chance(0.2)) in.base.scale = static_cast<float>(rng.uniform(-1, 1));
@@ -94,13 +106,14 @@ TEST(Decode, PlanIsChosenForFewQueryRowsAndNotForManyOrForWeights) {
     OutputLayouts layouts;
     layouts.want_weights = weights;
     OutputBuffers buffers = in.make_outputs(layouts);
-    return decode_plan_applies(validate_forward(in.q.tensor, in.k.tensor, in.v.tensor, in.options(), buffers.outputs()));
+    return decode_plan_applies(
+        validate_forward(in.q.tensor, in.k.tensor, in.v.tensor, in.options(), buffers.outputs()));
   };
   EXPECT_TRUE(applies(32, 8, 1, false));
   EXPECT_TRUE(applies(8, 8, 16, false));
-  EXPECT_FALSE(applies(8, 8, 17, false));   // more than kDecodeMaxQueries
-  EXPECT_FALSE(applies(64, 1, 2, false));   // 128 rows per group
-  EXPECT_FALSE(applies(32, 8, 1, true));    // weights need the prefill plan
+  EXPECT_FALSE(applies(8, 8, 17, false));  // more than kDecodeMaxQueries
+  EXPECT_FALSE(applies(64, 1, 2, false));  // 128 rows per group
+  EXPECT_FALSE(applies(32, 8, 1, true));   // weights need the prefill plan
 }
 
 // Many chunks (Lk = 5000 → 20 chunks of 256) and 8 groups, with a mask, bias, window and lengths.
@@ -123,7 +136,8 @@ TEST(Decode, ResultsAreBitwiseIdenticalForAnyThreadCount) {
       const std::string where = std::string(isa_name(isa)) + ", threads " + std::to_string(threads);
       EXPECT_TRUE(bitwise_equal(first.out.dense(), again.out.dense())) << "out, " << where;
       EXPECT_TRUE(bitwise_equal(first.lse->dense(), again.lse->dense())) << "lse, " << where;
-      EXPECT_TRUE(bitwise_equal(first.entropy->dense(), again.entropy->dense())) << "entropy, " << where;
+      EXPECT_TRUE(bitwise_equal(first.entropy->dense(), again.entropy->dense()))
+          << "entropy, " << where;
     }
   }
 }
@@ -143,15 +157,18 @@ TEST(Decode, NanValueOfAMaskedKeyReachesOnlyRowsThatSeeIt) {
   Rng rng(13);
   Inputs in = random_inputs(rng, 1, 4, 1, 1, 600, 16, 16);
   in.mask.emplace(DType::boolean, std::vector<std::int64_t>{1, 4, 1, 600});
-  in.mask->fill([&](const Index& x) { return static_cast<std::uint8_t>(x[1] != 2 || x[3] != 300); });
-  for (std::int64_t d = 0; d < 16; ++d) in.v.at({0, 0, 300, d}) = std::numeric_limits<float>::quiet_NaN();
+  in.mask->fill(
+      [&](const Index& x) { return static_cast<std::uint8_t>(x[1] != 2 || x[3] != 300); });
+  for (std::int64_t d = 0; d < 16; ++d)
+    in.v.at({0, 0, 300, d}) = std::numeric_limits<float>::quiet_NaN();
   OutputLayouts layouts;
   layouts.want_weights = false;  // (weights would take the prefill plan)
   OutputBuffers buffers = in.make_outputs(layouts);
   for (Isa isa : supported_isas()) {
     in.run(buffers, isa, 2);
     for (std::int64_t h = 0; h < 4; ++h)
-      EXPECT_EQ(std::isnan(buffers.out.at({0, h, 0, 0})), h != 2) << "head " << h << ", " << isa_name(isa);
+      EXPECT_EQ(std::isnan(buffers.out.at({0, h, 0, 0})), h != 2)
+          << "head " << h << ", " << isa_name(isa);
   }
 }
 

@@ -94,7 +94,8 @@ void expect_cache_matches_reference(KvStorage storage) {
           error = std::max(error, std::abs(out[n] - refs.ref64.out[n]));
           largest = std::max(largest, std::abs(refs.ref64.out[n]));
         }
-        EXPECT_LE(error, 0.02 * largest) << "int8, Lk " << s.inputs.len_k() << ", " << isa_name(isa);
+        EXPECT_LE(error, 0.02 * largest)
+            << "int8, Lk " << s.inputs.len_k() << ", " << isa_name(isa);
       } else {
         EXPECT_TRUE(check_outputs(refs, buffers, s.inputs.len_k(), s.inputs.dim_v()))
             << kv_storage_name(storage) << ", Lk " << s.inputs.len_k() << ", " << isa_name(isa);
@@ -116,12 +117,15 @@ TEST(KvCache, Int8CacheStaysWithinTwoPercentRelativeOutputError) {
 // With one cached key the output is that key's stored value row: bf16 rounds to nearest, ties to
 // even; int8 stores s·round(x / s) with s = max|x| / 127.
 TEST(KvCache, StoredValuesAreRoundedToNearestEvenBf16AndSymmetricInt8) {
-  const float ulp = std::ldexp(1.0f, -7);  // bf16 spacing in [1, 2)
+  const float ulp = std::ldexp(1.0f, -7);             // bf16 spacing in [1, 2)
   std::vector<float> v{1.0f + ulp / 2,                // tie, 1 is even: down
                        1.0f + 3 * ulp / 2,            // tie, 1 + 2 ulp is even: up
                        1.0f + ulp / 2 + ulp / 64,     // above the tie: up
                        -(1.0f + ulp / 2 - ulp / 64),  // below the tie: down
-                       0.5f, -0.25f, 0.0f, 3.0f};
+                       0.5f,
+                       -0.25f,
+                       0.0f,
+                       3.0f};
   const std::vector<float> bf16{1.0f, 1.0f + 2 * ulp, 1.0f + ulp, -1.0f, 0.5f, -0.25f, 0.0f, 3.0f};
   std::vector<float> k(8, 0.0f), q(8, 0.0f), out(8);
   const Tensor one = Tensor::contiguous(k.data(), DType::f32, {1, 1, 8});
@@ -133,7 +137,8 @@ TEST(KvCache, StoredValuesAreRoundedToNearestEvenBf16AndSymmetricInt8) {
                  Tensor::contiguous(out.data(), DType::f32, {1, 1, 8}));
     for (std::size_t d = 0; d < 8; ++d) {
       const float scale = 3.0f / 127.0f;
-      const float expected = storage == KvStorage::bf16 ? bf16[d] : scale * std::nearbyint(v[d] / scale);
+      const float expected =
+          storage == KvStorage::bf16 ? bf16[d] : scale * std::nearbyint(v[d] / scale);
       EXPECT_NEAR(out[d], expected, storage == KvStorage::bf16 ? 0.0f : 1e-6f)
           << kv_storage_name(storage) << " element " << d;
     }
@@ -156,7 +161,8 @@ TEST(KvCache, PagesAreSharedReturnedAndCounted) {
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("need 2 more pages of 256 tokens but the pool has 1 free"),
-              std::string::npos) << e.what();
+              std::string::npos)
+        << e.what();
   }
   EXPECT_EQ(cache.length(b), 0);
   cache.remove_sequence(a);
@@ -179,17 +185,20 @@ TEST(KvCache, BadArgumentsNameTheArgument) {
     }
     return std::string("no error");
   };
-  EXPECT_NE(message([&] { cache.append(s, Tensor::contiguous(data.data(), DType::f32, {3, 2, 8}), k); })
-                .find("k.shape = [3, 2, 8]: expected [Hkv, T, Dk] with shape[0] = 2"),
+  EXPECT_NE(message([&] {
+              cache.append(s, Tensor::contiguous(data.data(), DType::f32, {3, 2, 8}), k);
+            }).find("k.shape = [3, 2, 8]: expected [Hkv, T, Dk] with shape[0] = 2"),
             std::string::npos);
   EXPECT_NE(message([&] { cache.append(7, k, k); }).find("append: sequence 7 does not exist"),
             std::string::npos);
   data[5] = std::nanf("");
-  EXPECT_NE(message([&] { cache.append(s, k, k); }).find("k[0, 0, 5] is not finite"), std::string::npos);
+  EXPECT_NE(message([&] { cache.append(s, k, k); }).find("k[0, 0, 5] is not finite"),
+            std::string::npos);
   EXPECT_EQ(cache.length(s), 0);
   const Tensor q = Tensor::contiguous(out.data(), DType::f32, {3, 1, 8});
-  EXPECT_NE(message([&] { cache.attend(s, q, q); }).find("q.shape[0] (Hq) = 3: expected a multiple"),
-            std::string::npos);
+  EXPECT_NE(
+      message([&] { cache.attend(s, q, q); }).find("q.shape[0] (Hq) = 3: expected a multiple"),
+      std::string::npos);
   EXPECT_THROW(KvCache({0, 8, 8, 16, 2, KvStorage::f32}), Error);
 }
 
@@ -197,7 +206,8 @@ TEST(KvCache, AttendIsBitwiseIdenticalForAnyThreadCount) {
   Rng rng(5);
   KvCache cache({4, 64, 64, 128, 40, KvStorage::i8});
   const int s = cache.add_sequence();
-  const Strided<float> k = random_floats(rng, {4, 3000, 64}, {}), v = random_floats(rng, {4, 3000, 64}, {});
+  const Strided<float> k = random_floats(rng, {4, 3000, 64}, {}),
+                       v = random_floats(rng, {4, 3000, 64}, {});
   cache.append(s, k.tensor, v.tensor);
   const Strided<float> q = random_floats(rng, {16, 2, 64}, {});
   Strided<float> first(DType::f32, {16, 2, 64}), again(DType::f32, {16, 2, 64});

@@ -1,8 +1,8 @@
 // sdpa::merge_attention: partial results over disjoint key sets merge into the one-shot result.
 //
-// The keys of random problems (GQA, masks, bias, causal alignments, windows, lengths) are split into
-// 1–7 contiguous parts; forward() runs on each part with the keys, values and bias sliced and the
-// full problem's visibility (causal, window, lengths, mask) given as an explicit mask, and the
+// The keys of random problems (GQA, masks, bias, causal alignments, windows, lengths) are split
+// into 1–7 contiguous parts; forward() runs on each part with the keys, values and bias sliced and
+// the full problem's visibility (causal, window, lengths, mask) given as an explicit mask, and the
 // merged (out, lse) must satisfy the accuracy rule against the fp64 reference of the whole problem.
 #include <gtest/gtest.h>
 
@@ -38,7 +38,8 @@ MergeCase random_merge_case(std::uint64_t seed) {
   Rng rng(seed);
   const std::int64_t B = rng.integer(1, 2), Hkv = rng.integer(1, 2), group = rng.integer(1, 3);
   const std::int64_t Lq = rng.integer(1, 20), Lk = rng.integer(1, 90);
-  const std::int64_t Dk = rng.pick<std::int64_t>({3, 16, 33, 64}), Dv = rng.pick<std::int64_t>({1, 8, 17, 64});
+  const std::int64_t Dk = rng.pick<std::int64_t>({3, 16, 33, 64}),
+                     Dv = rng.pick<std::int64_t>({1, 8, 17, 64});
   MergeCase c{random_inputs(rng, B, Hkv * group, Hkv, Lq, Lk, Dk, Dv), {}, ""};
   Inputs& in = c.inputs;
   std::ostringstream what;
@@ -63,16 +64,19 @@ MergeCase random_merge_case(std::uint64_t seed) {
     what << " window=" << in.base.window->left << "," << in.base.window->right;
   }
   if (rng.chance(0.25)) {
-    for (std::int64_t b = 0; b < B; ++b) in.key_lengths.push_back(static_cast<std::int32_t>(rng.integer(0, Lk)));
+    for (std::int64_t b = 0; b < B; ++b)
+      in.key_lengths.push_back(static_cast<std::int32_t>(rng.integer(0, Lk)));
     what << " key_lengths";
   }
   if (rng.chance(0.15)) {
-    for (std::int64_t b = 0; b < B; ++b) in.query_lengths.push_back(static_cast<std::int32_t>(rng.integer(0, Lq)));
+    for (std::int64_t b = 0; b < B; ++b)
+      in.query_lengths.push_back(static_cast<std::int32_t>(rng.integer(0, Lq)));
     what << " query_lengths";
   }
   const std::int64_t parts = std::min<std::int64_t>(rng.integer(1, 7), Lk);
   c.cuts = {0};
-  for (std::int64_t n = 1; n < parts; ++n) c.cuts.push_back(rng.integer(0, Lk));  // parts may be empty
+  for (std::int64_t n = 1; n < parts; ++n)
+    c.cuts.push_back(rng.integer(0, Lk));  // parts may be empty
   c.cuts.push_back(Lk);
   std::sort(c.cuts.begin(), c.cuts.end());
   what << " parts=" << parts;
@@ -114,17 +118,20 @@ TEST(Merge, SplitKeysMergeToTheOneShotResultUnderTheAccuracyRule) {
     layouts.want_weights = layouts.want_entropy = false;
     OutputBuffers merged = in.make_outputs(layouts);
     const References refs = in.references(merged);
-    const Problem p = validate_forward(in.q.tensor, in.k.tensor, in.v.tensor, in.options(), merged.outputs());
+    const Problem p =
+        validate_forward(in.q.tensor, in.k.tensor, in.v.tensor, in.options(), merged.outputs());
     const Isa isa = isas[seed % isas.size()];
     std::vector<Part> parts;
     std::vector<Tensor> outs, lses;
-    for (std::size_t n = 0; n + 1 < c.cuts.size(); ++n) parts.emplace_back(in, p, c.cuts[n], c.cuts[n + 1], isa);
+    for (std::size_t n = 0; n + 1 < c.cuts.size(); ++n)
+      parts.emplace_back(in, p, c.cuts[n], c.cuts[n + 1], isa);
     for (const Part& part : parts) {
       outs.push_back(part.out.tensor);
       lses.push_back(part.lse.tensor);
     }
     merge_attention(outs, lses, merged.out.tensor, merged.lse->tensor, 2);
-    ASSERT_TRUE(check_outputs(refs, merged, in.len_k(), in.dim_v())) << c.what << " isa=" << isa_name(isa);
+    ASSERT_TRUE(check_outputs(refs, merged, in.len_k(), in.dim_v()))
+        << c.what << " isa=" << isa_name(isa);
   }
 }
 
@@ -190,7 +197,8 @@ TEST(Merge, ResultIsBitwiseIdenticalForAnyThreadCount) {
 
 // Errors name the argument; nothing is written.
 TEST(Merge, BadArgumentsAreRejectedNamingTheArgumentAndNothingIsWritten) {
-  std::vector<float> a(24, 1.0f), b(24, 2.0f), la(6, 0.0f), lb(6, 0.0f), out(24, 7.0f), lse(6, 7.0f);
+  std::vector<float> a(24, 1.0f), b(24, 2.0f), la(6, 0.0f), lb(6, 0.0f), out(24, 7.0f),
+      lse(6, 7.0f);
   const Tensor ta = Tensor::contiguous(a.data(), DType::f32, {1, 2, 3, 4});
   const Tensor tb = Tensor::contiguous(b.data(), DType::f32, {1, 2, 3, 4});
   const Tensor tla = Tensor::contiguous(la.data(), DType::f32, {1, 2, 3});

@@ -4,7 +4,8 @@
 //   pool:   `blocks` pages of `block_tokens` tokens each, shared by every sequence
 //   page:   for each kv-head h: key rows [block_tokens][Dk'] and value rows [block_tokens][Dv']
 //           (D' = D rounded up to 16 elements, zero padded), plus per-row scales for int8
-//   table:  each sequence lists its pages in token order; token t sits in page table[t / block_tokens]
+//   table:  each sequence lists its pages in token order; token t sits in page table[t /
+//   block_tokens]
 //
 // Sequences of different lengths grow one page at a time from the shared pool and give their pages
 // back when removed. attend() runs the queries of one sequence against its cached keys
@@ -42,16 +43,16 @@ const char* kv_storage_name(KvStorage storage);
 struct KvCacheConfig {
   std::int64_t heads_kv = 1;
   std::int64_t dim_k = 0;
-  std::int64_t dim_v = 0;            ///< 0 = dim_k
-  std::int64_t block_tokens = 256;   ///< tokens per page
-  std::int64_t blocks = 0;           ///< pages in the shared pool (all allocated up front)
+  std::int64_t dim_v = 0;           ///< 0 = dim_k
+  std::int64_t block_tokens = 256;  ///< tokens per page
+  std::int64_t blocks = 0;          ///< pages in the shared pool (all allocated up front)
   KvStorage storage = KvStorage::f32;
 };
 
 struct AttendOptions {
-  std::optional<float> scale;           ///< default 1/sqrt(Dk)
-  Causal causal = Causal::bottom_right; ///< query i of Lq sees keys j <= i + length − Lq
-  int threads = 0;                      ///< 0 = all
+  std::optional<float> scale;            ///< default 1/sqrt(Dk)
+  Causal causal = Causal::bottom_right;  ///< query i of Lq sees keys j <= i + length − Lq
+  int threads = 0;                       ///< 0 = all
   Isa isa = Isa::automatic;
 };
 

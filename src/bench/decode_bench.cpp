@@ -189,10 +189,11 @@ DecodeReport run_decode_bench(const DecodeOptions& requested,
           [&] {
             for (std::int64_t b = 0; b < o.batch; ++b) {
               const std::int64_t offset = b * o.heads_q * o.dim;
-              cache.attend(ids[static_cast<std::size_t>(b)],
-                           Tensor::contiguous(q.data() + offset, DType::f32, {o.heads_q, 1, o.dim}),
-                           Tensor::contiguous(out.data() + offset, DType::f32, {o.heads_q, 1, o.dim}),
-                           attend);
+              cache.attend(
+                  ids[static_cast<std::size_t>(b)],
+                  Tensor::contiguous(q.data() + offset, DType::f32, {o.heads_q, 1, o.dim}),
+                  Tensor::contiguous(out.data() + offset, DType::f32, {o.heads_q, 1, o.dim}),
+                  attend);
             }
           },
           o.repeats);
@@ -219,7 +220,8 @@ void print_bandwidth(std::ostream& os, const BandwidthMeasurement& b) {
 void print_decode_header(std::ostream& os, const DecodeReport& report) {
   const DecodeOptions& o = report.options;
   os << format(
-      "sdpa bench --decode: B=%lld Hq=%lld Hkv=%lld D=%lld Lq=1, %d threads, isa %s, median of %d\n",
+      "sdpa bench --decode: B=%lld Hq=%lld Hkv=%lld D=%lld Lq=1, %d threads, isa %s, median of "
+      "%d\n",
       static_cast<long long>(o.batch), static_cast<long long>(o.heads_q),
       static_cast<long long>(o.heads_kv), static_cast<long long>(o.dim), o.threads,
       sdpa::isa_name(report.isa), o.repeats);
@@ -236,8 +238,7 @@ void print_decode_row(std::ostream& os, const DecodeRow& r) {
                static_cast<long long>(r.length), r.storage.c_str(),
                static_cast<double>(r.kv_bytes) / (1024.0 * 1024.0), r.time.median_s * 1e3, r.gbps,
                r.percent_of_bandwidth, r.cpu_gbps, r.cpu_percent_of_bandwidth);
-  if (r.prefill)
-    os << format(" %12.3f %10.2fx", r.prefill->median_s * 1e3, r.speedup_vs_prefill);
+  if (r.prefill) os << format(" %12.3f %10.2fx", r.prefill->median_s * 1e3, r.speedup_vs_prefill);
   if (r.cache_bytes > 0)
     os << format("   cache pool %.1f MiB", static_cast<double>(r.cache_bytes) / (1024.0 * 1024.0));
   os << "\n";
@@ -259,10 +260,11 @@ void print_decode_targets(std::ostream& os, const DecodeReport& report) {
         }
       continue;
     }
-    os << format("target >= 70%% of read bandwidth, Lk=%lld %s: %.1f%% %s (on CPU time: %.1f%% %s)\n",
-                 static_cast<long long>(r.length), r.storage.c_str(), r.percent_of_bandwidth,
-                 r.percent_of_bandwidth >= 70 ? "met" : "MISSED", r.cpu_percent_of_bandwidth,
-                 r.cpu_percent_of_bandwidth >= 70 ? "met" : "MISSED");
+    os << format(
+        "target >= 70%% of read bandwidth, Lk=%lld %s: %.1f%% %s (on CPU time: %.1f%% %s)\n",
+        static_cast<long long>(r.length), r.storage.c_str(), r.percent_of_bandwidth,
+        r.percent_of_bandwidth >= 70 ? "met" : "MISSED", r.cpu_percent_of_bandwidth,
+        r.cpu_percent_of_bandwidth >= 70 ? "met" : "MISSED");
   }
 }
 

@@ -68,7 +68,8 @@ void run_decode(const DecodeArgs& a) {
     float best_score = -1e30f;
     for (std::int64_t t = 0; t < a.vocab; ++t) {
       float score = 0;
-      for (std::int64_t d = 0; d < a.d_model; ++d) score += y[d] * embedding[static_cast<std::size_t>(t * a.d_model + d)];
+      for (std::int64_t d = 0; d < a.d_model; ++d)
+        score += y[d] * embedding[static_cast<std::size_t>(t * a.d_model + d)];
       if (score > best_score) best_score = score, best = t;
     }
     return best;
@@ -90,14 +91,16 @@ void run_decode(const DecodeArgs& a) {
 
   std::vector<std::int64_t> last(static_cast<std::size_t>(a.sequences));
   for (std::int64_t s = 0; s < a.sequences; ++s)
-    last[static_cast<std::size_t>(s)] = next_token(&y[static_cast<std::size_t>(((s + 1) * a.prompt - 1) * a.d_model)]);
+    last[static_cast<std::size_t>(s)] =
+        next_token(&y[static_cast<std::size_t>(((s + 1) * a.prompt - 1) * a.d_model)]);
   std::vector<std::vector<std::int64_t>> generated(static_cast<std::size_t>(a.sequences));
   ProgressBar bar(!a.no_progress && !a.json);
   const ProgressBar::Callback progress = bar.callback();
   y.resize(static_cast<std::size_t>(a.sequences * a.d_model));
   const auto start = Clock::now();
   for (std::int64_t step = 0; step < a.tokens; ++step) {
-    for (std::int64_t s = 0; s < a.sequences; ++s) generated[static_cast<std::size_t>(s)].push_back(last[static_cast<std::size_t>(s)]);
+    for (std::int64_t s = 0; s < a.sequences; ++s)
+      generated[static_cast<std::size_t>(s)].push_back(last[static_cast<std::size_t>(s)]);
     embed(last, x);
     layer.decode_step(x, 1, cache, ids, y, options);
     for (std::int64_t s = 0; s < a.sequences; ++s)
@@ -106,14 +109,16 @@ void run_decode(const DecodeArgs& a) {
       const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
       progress(static_cast<double>(step + 1) / static_cast<double>(a.tokens),
                std::to_string(step + 1) + "/" + std::to_string(a.tokens) + " steps, " +
-                   std::to_string(static_cast<int>(static_cast<double>((step + 1) * a.sequences) / elapsed)) +
+                   std::to_string(
+                       static_cast<int>(static_cast<double>((step + 1) * a.sequences) / elapsed)) +
                    " tokens/s");
     }
   }
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   bar.finish();
   const double tokens_per_s = static_cast<double>(a.tokens * a.sequences) / seconds;
-  const std::size_t used = cache.bytes_per_token() * static_cast<std::size_t>(context * a.sequences);
+  const std::size_t used =
+      cache.bytes_per_token() * static_cast<std::size_t>(context * a.sequences);
   if (a.json) {
     std::cout << nlohmann::json{{"command", "decode"},
                                 {"storage", a.storage},
@@ -136,14 +141,15 @@ void run_decode(const DecodeArgs& a) {
             << " kv), head dim " << a.head_dim << ", " << a.sequences << " sequences, " << a.storage
             << " cache in pages of " << a.block_tokens << " tokens\n";
   std::cout << "prompt: " << a.prompt << " tokens per sequence in " << prompt_s * 1e3 << " ms\n";
-  std::cout << "generated " << a.tokens << " tokens per sequence in " << seconds << " s: "
-            << tokens_per_s << " tokens/s\n";
+  std::cout << "generated " << a.tokens << " tokens per sequence in " << seconds
+            << " s: " << tokens_per_s << " tokens/s\n";
   std::cout << "cache: " << cache.bytes_per_token() << " bytes per token, "
             << static_cast<double>(used) / (1024.0 * 1024.0) << " MiB used by "
             << context * a.sequences << " tokens, pool "
             << static_cast<double>(cache.bytes()) / (1024.0 * 1024.0) << " MiB\n";
   std::cout << "sequence 0 starts:";
-  for (std::size_t n = 0; n < std::min<std::size_t>(16, generated[0].size()); ++n) std::cout << ' ' << generated[0][n];
+  for (std::size_t n = 0; n < std::min<std::size_t>(16, generated[0].size()); ++n)
+    std::cout << ' ' << generated[0][n];
   std::cout << "\n";
 }
 
@@ -153,18 +159,39 @@ void add_decode_command(CLI::App& app) {
   auto args = std::make_shared<DecodeArgs>();
   CLI::App* cmd = app.add_subcommand(
       "decode", "Generate tokens with the attention layer over a paged KV cache (random weights)");
-  cmd->add_option("--d-model", args->d_model, "model width")->check(CLI::Range(1, 1 << 16))->capture_default_str();
-  cmd->add_option("--heads", args->heads, "query heads")->check(CLI::Range(1, 1024))->capture_default_str();
-  cmd->add_option("--kv-heads", args->kv_heads, "key/value heads")->check(CLI::Range(1, 1024))->capture_default_str();
-  cmd->add_option("--head-dim", args->head_dim, "head dimension")->check(CLI::Range(1, 1024))->capture_default_str();
-  cmd->add_option("--sequences", args->sequences, "sequences decoded together")->check(CLI::Range(1, 4096))->capture_default_str();
-  cmd->add_option("--prompt", args->prompt, "prompt tokens per sequence")->check(CLI::Range(1, 1 << 20))->capture_default_str();
-  cmd->add_option("--tokens", args->tokens, "tokens to generate per sequence")->check(CLI::Range(1, 1 << 20))->capture_default_str();
-  cmd->add_option("--vocab", args->vocab, "vocabulary size")->check(CLI::Range(1, 1 << 20))->capture_default_str();
-  cmd->add_option("--block-tokens", args->block_tokens, "tokens per cache page")->check(CLI::Range(1, 1 << 20))->capture_default_str();
-  cmd->add_option("--storage", args->storage, "cache storage: f32, bf16 or i8")->capture_default_str();
-  cmd->add_option("--threads", args->threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--seed", args->seed, "seed of the weights, embeddings and prompt")->capture_default_str();
+  cmd->add_option("--d-model", args->d_model, "model width")
+      ->check(CLI::Range(1, 1 << 16))
+      ->capture_default_str();
+  cmd->add_option("--heads", args->heads, "query heads")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  cmd->add_option("--kv-heads", args->kv_heads, "key/value heads")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  cmd->add_option("--head-dim", args->head_dim, "head dimension")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  cmd->add_option("--sequences", args->sequences, "sequences decoded together")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  cmd->add_option("--prompt", args->prompt, "prompt tokens per sequence")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  cmd->add_option("--tokens", args->tokens, "tokens to generate per sequence")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  cmd->add_option("--vocab", args->vocab, "vocabulary size")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  cmd->add_option("--block-tokens", args->block_tokens, "tokens per cache page")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  cmd->add_option("--storage", args->storage, "cache storage: f32, bf16 or i8")
+      ->capture_default_str();
+  cmd->add_option("--threads", args->threads, "threads (default: all cores)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--seed", args->seed, "seed of the weights, embeddings and prompt")
+      ->capture_default_str();
   cmd->add_flag("--json", args->json, "print one JSON object instead of text");
   cmd->add_flag("--no-progress", args->no_progress, "no progress bar on stderr");
   cmd->callback([args] { run_decode(*args); });

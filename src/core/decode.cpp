@@ -21,9 +21,12 @@ using kernels::DecodeKernel;
 
 const DecodeKernel& decode_kernel_for(Isa isa) {
   switch (isa) {
-    case Isa::avx512: return kernels::decode_kernel_avx512();
-    case Isa::avx2: return kernels::decode_kernel_avx2();
-    default: return kernels::decode_kernel_scalar();
+    case Isa::avx512:
+      return kernels::decode_kernel_avx512();
+    case Isa::avx2:
+      return kernels::decode_kernel_avx2();
+    default:
+      return kernels::decode_kernel_scalar();
   }
 }
 
@@ -32,19 +35,22 @@ std::int64_t round_up(std::int64_t x, std::int64_t to) { return (x + to - 1) / t
 struct DecodePlan {
   const DecodeKernel* kernel = nullptr;
   std::int64_t rows = 0, rows_pad = 0, dim_k_pad = 0, dim_v_pad = 0;
-  std::int64_t groups = 0;                 // B · Hkv
-  std::vector<std::int64_t> key_begin;     // per batch entry: the keys some row may see
+  std::int64_t groups = 0;              // B · Hkv
+  std::vector<std::int64_t> key_begin;  // per batch entry: the keys some row may see
   std::vector<std::int64_t> key_end;
-  std::vector<std::int64_t> first_item;    // per group, and one past the last group
-  std::size_t state_floats = 0;            // per item: max, sum, moment [rows_pad] + acc
-  std::size_t scratch_floats = 0;          // per thread
+  std::vector<std::int64_t> first_item;  // per group, and one past the last group
+  std::size_t state_floats = 0;          // per item: max, sum, moment [rows_pad] + acc
+  std::size_t scratch_floats = 0;        // per thread
   int threads = 1;
 
   std::int64_t items() const { return first_item.back(); }
-  std::int64_t first_chunk(std::int64_t b) const { return key_begin[static_cast<std::size_t>(b)] / kDecodeChunkKeys; }
+  std::int64_t first_chunk(std::int64_t b) const {
+    return key_begin[static_cast<std::size_t>(b)] / kDecodeChunkKeys;
+  }
   std::size_t workspace_bytes() const {
     return (state_floats * static_cast<std::size_t>(items()) +
-            scratch_floats * static_cast<std::size_t>(threads)) * sizeof(float);
+            scratch_floats * static_cast<std::size_t>(threads)) *
+           sizeof(float);
   }
 };
 
@@ -141,7 +147,8 @@ class TensorSource final : public DecodeSource {
         (pack_v(lanes) ? kDecodeChunkKeys * round_up(p_.dim_v, lanes) : 0));
   }
   void rows(std::int64_t b, std::int64_t hk, std::int64_t key0, int count, std::int64_t lanes,
-            const void** k_rows, const void** v_rows, float*, float*, float* scratch) const override {
+            const void** k_rows, const void** v_rows, float*, float*,
+            float* scratch) const override {
     const std::int64_t dk_pad = round_up(p_.dim_k, lanes), dv_pad = round_up(p_.dim_v, lanes);
     const bool copy_k = pack_k(lanes), copy_v = pack_v(lanes);
     float* k_pack = scratch;
@@ -213,8 +220,8 @@ void combine_row(const Problem& p, const DecodePlan& plan, const ItemStates& sta
   for (std::int64_t d = 0; d < p.dim_v; ++d)
     out[d * p.out.s3] = static_cast<float>(acc[static_cast<std::size_t>(d)] * inv);
   if (p.lse)
-    p.lse->at(b, h, i, 0) = any ? static_cast<float>(largest + std::log(sum))
-                                : -std::numeric_limits<float>::infinity();
+    p.lse->at(b, h, i, 0) =
+        any ? static_cast<float>(largest + std::log(sum)) : -std::numeric_limits<float>::infinity();
   if (p.entropy)
     p.entropy->at(b, h, i, 0) = any ? static_cast<float>(std::log(sum) - first_moment / sum) : 0.0f;
 }
@@ -222,9 +229,11 @@ void combine_row(const Problem& p, const DecodePlan& plan, const ItemStates& sta
 }  // namespace
 
 bool decode_plan_applies(const Problem& p) {
-  if (p.len_q < 1 || p.len_q > kDecodeMaxQueries || p.group * p.len_q > kDecodeMaxRows) return false;
+  if (p.len_q < 1 || p.len_q > kDecodeMaxQueries || p.group * p.len_q > kDecodeMaxRows)
+    return false;
   if (p.weights || p.dim_k > kDecodeMaxDim || p.dim_v > kDecodeMaxDim) return false;
-  return p.workspace_limit == 0 || make_decode_plan(p, TensorSource(p)).workspace_bytes() <= p.workspace_limit;
+  return p.workspace_limit == 0 ||
+         make_decode_plan(p, TensorSource(p)).workspace_bytes() <= p.workspace_limit;
 }
 
 DecodeRun run_decode(const Problem& p) { return run_split_kv(p, TensorSource(p)); }
@@ -237,17 +246,20 @@ DecodeRun run_split_kv(const Problem& p, const DecodeSource& source) {
   const DecodePlan plan = make_decode_plan(p, source);
   const DecodeRun run{plan.threads, plan.workspace_bytes()};
   if (p.batch == 0 || p.heads_q == 0) return run;
-  const Workspace states_memory = acquire_workspace(plan.state_floats * static_cast<std::size_t>(plan.items()) * sizeof(float));
-  const Workspace scratch = acquire_workspace(plan.scratch_floats * static_cast<std::size_t>(plan.threads) * sizeof(float));
+  const Workspace states_memory =
+      acquire_workspace(plan.state_floats * static_cast<std::size_t>(plan.items()) * sizeof(float));
+  const Workspace scratch = acquire_workspace(
+      plan.scratch_floats * static_cast<std::size_t>(plan.threads) * sizeof(float));
   const ItemStates states{states_memory.floats(), plan};
-  const kernels::DecodeShape shape{p.dim_k, p.dim_v, plan.dim_k_pad, plan.dim_v_pad, p.scale,
-                                   source.row_type()};
+  const kernels::DecodeShape shape{p.dim_k,        p.dim_v, plan.dim_k_pad,
+                                   plan.dim_v_pad, p.scale, source.row_type()};
   const std::int64_t lanes = plan.kernel->lanes;
   const std::int64_t c = kDecodeChunkKeys;
 
 #pragma omp parallel num_threads(plan.threads)
   {
-    float* q = scratch.floats() + plan.scratch_floats * static_cast<std::size_t>(omp_get_thread_num());
+    float* q =
+        scratch.floats() + plan.scratch_floats * static_cast<std::size_t>(omp_get_thread_num());
     float* scores = q + plan.rows_pad * plan.dim_k_pad;
     auto* k_rows = reinterpret_cast<const void**>(scores + plan.rows_pad * c);
     const void** v_rows = k_rows + c;
@@ -260,15 +272,18 @@ DecodeRun run_split_kv(const Problem& p, const DecodeSource& source) {
 #pragma omp for schedule(dynamic, 1)
     for (std::int64_t item = 0; item < plan.items(); ++item) {
       const auto g = static_cast<std::int64_t>(
-          std::upper_bound(plan.first_item.begin(), plan.first_item.end(), item) - plan.first_item.begin() - 1);
+          std::upper_bound(plan.first_item.begin(), plan.first_item.end(), item) -
+          plan.first_item.begin() - 1);
       const std::int64_t b = g / p.heads_kv, hk = g % p.heads_kv;
       if (g != rows_group) {
         rows = prepare_rows(p, plan, g, q, tables);
         rows_group = g;
       }
-      const std::int64_t chunk = plan.first_chunk(b) + item - plan.first_item[static_cast<std::size_t>(g)];
+      const std::int64_t chunk =
+          plan.first_chunk(b) + item - plan.first_item[static_cast<std::size_t>(g)];
       const std::int64_t key0 = std::max(chunk * c, plan.key_begin[static_cast<std::size_t>(b)]);
-      const std::int64_t key1 = std::min((chunk + 1) * c, plan.key_end[static_cast<std::size_t>(b)]);
+      const std::int64_t key1 =
+          std::min((chunk + 1) * c, plan.key_end[static_cast<std::size_t>(b)]);
       kernels::DecodeChunk ck;
       ck.key0 = key0;
       ck.count = static_cast<int>(key1 - key0);

@@ -49,11 +49,12 @@ void check_tensor(const Tensor& t, const char* name, std::int64_t d0, std::int64
   const std::int64_t want[3] = {d0, d1, d2};
   for (int d = 0; d < rank; ++d)
     if (want[d] >= 0 && t.shape[d] != want[d])
-      fail(name, ".shape = ", shape_text(t), ": expected ", expected, " with shape[", d, "] = ",
-           want[d]);
+      fail(name, ".shape = ", shape_text(t), ": expected ", expected, " with shape[", d,
+           "] = ", want[d]);
   for (int d = 0; d < rank; ++d)
     if (t.shape[d] < 0) fail(name, ".shape[", d, "] = ", t.shape[d], ": expected >= 0");
-  if (t.data == nullptr && t.numel() > 0) fail(name, ".data: expected a non-null pointer, got null");
+  if (t.data == nullptr && t.numel() > 0)
+    fail(name, ".data: expected a non-null pointer, got null");
 }
 
 void check_writable(const Tensor& t, const char* name) {
@@ -68,9 +69,12 @@ void check_writable(const Tensor& t, const char* name) {
 
 const char* kv_storage_name(KvStorage storage) {
   switch (storage) {
-    case KvStorage::f32: return "f32";
-    case KvStorage::bf16: return "bf16";
-    case KvStorage::i8: return "i8";
+    case KvStorage::f32:
+      return "f32";
+    case KvStorage::bf16:
+      return "bf16";
+    case KvStorage::i8:
+      return "i8";
   }
   return "?";
 }
@@ -79,9 +83,9 @@ struct KvCache::Impl {
   KvCacheConfig config;
   std::int64_t row_k = 0, row_v = 0;  // padded elements per key / value row
   std::size_t elem = 4;
-  std::vector<unsigned char> keys, values;     // [blocks][heads][block_tokens][row] elements
-  std::vector<float> key_scales, value_scales; // [blocks][heads][block_tokens] (int8 only)
-  std::vector<std::int64_t> free;              // free page ids (a stack)
+  std::vector<unsigned char> keys, values;      // [blocks][heads][block_tokens][row] elements
+  std::vector<float> key_scales, value_scales;  // [blocks][heads][block_tokens] (int8 only)
+  std::vector<std::int64_t> free;               // free page ids (a stack)
   struct Sequence {
     bool live = false;
     std::int64_t length = 0;
@@ -115,7 +119,8 @@ struct KvCache::Impl {
       }
       case KvStorage::i8: {
         float largest = 0.0f;
-        for (std::int64_t d = 0; d < dim; ++d) largest = std::max(largest, std::abs(src[d * stride]));
+        for (std::int64_t d = 0; d < dim; ++d)
+          largest = std::max(largest, std::abs(src[d * stride]));
         const float s = largest / 127.0f;
         const float inverse = s > 0.0f ? 1.0f / s : 0.0f;
         auto* out = reinterpret_cast<std::int8_t*>(dst);
@@ -128,7 +133,7 @@ struct KvCache::Impl {
       }
     }
   }
-// The pages of one sequence as the decode driver's source of key/value rows.
+  // The pages of one sequence as the decode driver's source of key/value rows.
   class PageSource;
 };
 
@@ -138,9 +143,12 @@ class KvCache::Impl::PageSource final : public DecodeSource {
       : cache_(cache), pages_(pages) {}
   kernels::RowType row_type() const override {
     switch (cache_.config.storage) {
-      case KvStorage::bf16: return kernels::RowType::bf16;
-      case KvStorage::i8: return kernels::RowType::i8;
-      default: return kernels::RowType::f32;
+      case KvStorage::bf16:
+        return kernels::RowType::bf16;
+      case KvStorage::i8:
+        return kernels::RowType::i8;
+      default:
+        return kernels::RowType::f32;
     }
   }
   std::size_t scratch_floats(std::int64_t) const override { return 0; }
@@ -165,7 +173,6 @@ class KvCache::Impl::PageSource final : public DecodeSource {
   const Impl& cache_;
   const std::vector<std::int64_t>& pages_;
 };
-
 
 KvCache::KvCache(const KvCacheConfig& requested) : impl_(std::make_unique<Impl>()) {
   KvCacheConfig c = requested;
@@ -301,7 +308,8 @@ RunInfo KvCache::attend(int sequence, const Tensor& q, const Tensor& out,
                           : static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.dim_k)));
   p.q = {static_cast<const float*>(q.data), 0, q.stride[0], q.stride[1], q.stride[2]};
   p.out = {static_cast<float*>(out.data), 0, out.stride[0], out.stride[1], out.stride[2]};
-  if (lse) p.lse = View4<float>{static_cast<float*>(lse->data), 0, lse->stride[0], lse->stride[1], 0};
+  if (lse)
+    p.lse = View4<float>{static_cast<float*>(lse->data), 0, lse->stride[0], lse->stride[1], 0};
   p.causal = options.causal;
   p.threads = options.threads > 0 ? options.threads : omp_get_max_threads();
   p.isa = resolve_isa(options.isa);
@@ -311,8 +319,9 @@ RunInfo KvCache::attend(int sequence, const Tensor& q, const Tensor& out,
   double pairs = 0;
   for (std::int64_t i = 0; i < len_q; ++i) {
     const std::int64_t end = p.causal == Causal::none ? s.length
-                             : p.causal == Causal::top_left ? std::min(s.length, i + 1)
-                                                            : std::min(s.length, i + 1 + s.length - len_q);
+                             : p.causal == Causal::top_left
+                                 ? std::min(s.length, i + 1)
+                                 : std::min(s.length, i + 1 + s.length - len_q);
     pairs += static_cast<double>(std::max<std::int64_t>(end, 0));
   }
   info.flops = pairs * static_cast<double>(heads_q) * 2.0 * static_cast<double>(c.dim_k + c.dim_v);
@@ -332,7 +341,8 @@ std::size_t KvCache::bytes_per_token() const {
 
 std::size_t KvCache::bytes() const {
   const Impl& m = *impl_;
-  return m.keys.size() + m.values.size() + (m.key_scales.size() + m.value_scales.size()) * sizeof(float);
+  return m.keys.size() + m.values.size() +
+         (m.key_scales.size() + m.value_scales.size()) * sizeof(float);
 }
 
 std::int64_t KvCache::free_blocks() const { return static_cast<std::int64_t>(impl_->free.size()); }

@@ -19,10 +19,11 @@ namespace sdpa::kernels {
 /// are widened in registers.
 enum class RowType : std::uint8_t { f32, bf16, i8 };
 
-/// The query rows of one (batch, kv-head): R = group · Lq rows, row r = (head r / Lq, query r % Lq).
+/// The query rows of one (batch, kv-head): R = group · Lq rows, row r = (head r / Lq, query r %
+/// Lq).
 struct DecodeRows {
-  int rows = 0;       // R
-  int rows_pad = 0;   // R rounded up to DecodeKernel::row_block (padding rows are zero)
+  int rows = 0;              // R
+  int rows_pad = 0;          // R rounded up to DecodeKernel::row_block (padding rows are zero)
   const float* q = nullptr;  // [rows_pad][dim_k_pad], zero padded: the kernel's dot products
   // For each row: visible keys [key_begin[r], key_end[r]) (mask.hpp) and, when given, the bool mask
   // and the bias of that row at key 0 (element j at mask[r][j · mask_stride]).

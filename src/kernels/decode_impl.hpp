@@ -1,11 +1,11 @@
 // The split-KV decode kernel for one chunk of keys, written once over the SIMD trait and compiled
-// per instruction set (included from kernels_<isa>.cpp after flash_forward_impl.hpp, inside the same
-// ISA namespace, so it reuses Simd, logits_row and exp_row).
+// per instruction set (included from kernels_<isa>.cpp after flash_forward_impl.hpp, inside the
+// same ISA namespace, so it reuses Simd, logits_row and exp_row).
 //
 // For every query row r of one (batch, kv-head) and the chunk's keys c (decode.hpp):
 //   S[r][c] = q_r · k_c            kRowBlock rows at a time: each key row is loaded once per block
-//   t = S·scale + bias, −inf where masked;  m = max t;  P = exp(t − m);  l = Σ P;  (u = Σ P·(t − m))
-//   acc[r] = Σ_c P[r][c] · v_c     register blocks of kRowBlock rows × kValueVectors vectors,
+//   t = S·scale + bias, −inf where masked;  m = max t;  P = exp(t − m);  l = Σ P;  (u = Σ P·(t −
+//   m)) acc[r] = Σ_c P[r][c] · v_c     register blocks of kRowBlock rows × kValueVectors vectors,
 //                                  keys with P = 0 skipped (a masked key's value never reaches acc)
 // Key and value rows are read where they are (f32), or widened from bf16 / int8 in registers (the
 // ISA translation units define __AVX512F__ / __AVX2__ through their flags; the scalar one neither).
@@ -13,8 +13,8 @@
 namespace sdpa::kernels::SDPA_KERNEL_NS {
 namespace {
 
-constexpr int kRowBlock = 4;                          // query rows per register block
-constexpr int kValueVectors = kLanes >= 16 ? 4 : 2;   // value vectors per register block
+constexpr int kRowBlock = 4;                         // query rows per register block
+constexpr int kValueVectors = kLanes >= 16 ? 4 : 2;  // value vectors per register block
 
 // kLanes elements of a key/value row from element d on, as floats (int8: without its scale).
 template <RowType kType>
@@ -24,10 +24,12 @@ V load_elements(const void* row, std::int64_t d) {
   } else if constexpr (kType == RowType::bf16) {
     const std::uint16_t* p = static_cast<const std::uint16_t*>(row) + d;
 #if defined(__AVX512F__)
-    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    const __m512i wide =
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
 #elif defined(__AVX2__)
-    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m256i wide =
+        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
 #else
     float lanes[kLanes];
@@ -40,9 +42,11 @@ V load_elements(const void* row, std::int64_t d) {
   } else {
     const std::int8_t* p = static_cast<const std::int8_t*>(row) + d;
 #if defined(__AVX512F__)
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+    return _mm512_cvtepi32_ps(
+        _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 #elif defined(__AVX2__)
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+    return _mm256_cvtepi32_ps(
+        _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 #else
     float lanes[kLanes];
     for (int i = 0; i < kLanes; ++i) lanes[i] = static_cast<float>(p[i]);
@@ -64,7 +68,8 @@ constexpr std::int64_t element_bytes() {
 template <RowType kType>
 void prefetch_row(const void* row, std::int64_t elements) {
   const auto* bytes = static_cast<const char*>(row);
-  for (std::int64_t b = 0; b < elements * element_bytes<kType>(); b += 64) __builtin_prefetch(bytes + b);
+  for (std::int64_t b = 0; b < elements * element_bytes<kType>(); b += 64)
+    __builtin_prefetch(bytes + b);
 }
 
 // scores[r][c] = q_r · k_c (times the key's int8 scale) for kRowBlock rows from r0 and kKeys keys
@@ -99,7 +104,8 @@ void score_block(const DecodeShape& shape, const DecodeRows& rows, const DecodeC
   for (int n = 0; n < kKeys; ++n) {
     const float k_scale = kType == RowType::i8 ? chunk.k_scales[c + n] : 1.0f;
 #pragma GCC unroll 4
-    for (int i = 0; i < kRowBlock; ++i) scores[(r0 + i) * ld + c + n] = Simd::reduce_add(acc[n][i]) * k_scale;
+    for (int i = 0; i < kRowBlock; ++i)
+      scores[(r0 + i) * ld + c + n] = Simd::reduce_add(acc[n][i]) * k_scale;
   }
 }
 
@@ -108,22 +114,24 @@ void chunk_scores(const DecodeShape& shape, const DecodeRows& rows, const Decode
                   float* scores, std::int64_t ld) {
   for (int r0 = 0; r0 < rows.rows_pad; r0 += kRowBlock) {
     int c = 0;
-    for (; c + 2 <= chunk.count; c += 2) score_block<kType, 2>(shape, rows, chunk, r0, c, scores, ld);
+    for (; c + 2 <= chunk.count; c += 2)
+      score_block<kType, 2>(shape, rows, chunk, r0, c, scores, ld);
     if (c < chunk.count) score_block<kType, 1>(shape, rows, chunk, r0, c, scores, ld);
   }
 }
 
 // acc[r][d0 .. d0 + kVectors·kLanes) = Σ_c P[r][c]·v_c for one register block of rows.
 template <RowType kType, int kVectors>
-void value_block(const DecodeChunk& chunk, const float* p, std::int64_t ld, int r0,
-                 std::int64_t d0, float* acc_out, std::int64_t acc_ld, std::int64_t dv) {
+void value_block(const DecodeChunk& chunk, const float* p, std::int64_t ld, int r0, std::int64_t d0,
+                 float* acc_out, std::int64_t acc_ld, std::int64_t dv) {
   V acc[kRowBlock][kVectors];
 #pragma GCC unroll 4
   for (int i = 0; i < kRowBlock; ++i)
 #pragma GCC unroll 4
     for (int x = 0; x < kVectors; ++x) acc[i][x] = Simd::zero();
   for (int c = 0; c < chunk.count; ++c) {
-    // The first pass over the values (d0 = 0, r0 = 0) brings in the whole rows the later ones reuse.
+    // The first pass over the values (d0 = 0, r0 = 0) brings in the whole rows the later ones
+    // reuse.
     if (d0 == 0 && r0 == 0 && c + kPrefetchKeys < chunk.count)
       prefetch_row<kType>(chunk.v_rows[c + kPrefetchKeys], dv);
     float weight[kRowBlock];
@@ -137,7 +145,8 @@ void value_block(const DecodeChunk& chunk, const float* p, std::int64_t ld, int 
     const float v_scale = kType == RowType::i8 ? chunk.v_scales[c] : 1.0f;
     V v[kVectors];
 #pragma GCC unroll 4
-    for (int x = 0; x < kVectors; ++x) v[x] = load_elements<kType>(chunk.v_rows[c], d0 + x * kLanes);
+    for (int x = 0; x < kVectors; ++x)
+      v[x] = load_elements<kType>(chunk.v_rows[c], d0 + x * kLanes);
 #pragma GCC unroll 4
     for (int i = 0; i < kRowBlock; ++i) {
       if (weight[i] == 0.0f) continue;  // masked (or underflowed): its value is not read
@@ -149,7 +158,8 @@ void value_block(const DecodeChunk& chunk, const float* p, std::int64_t ld, int 
 #pragma GCC unroll 4
   for (int i = 0; i < kRowBlock; ++i)
 #pragma GCC unroll 4
-    for (int x = 0; x < kVectors; ++x) Simd::store(acc_out + (r0 + i) * acc_ld + d0 + x * kLanes, acc[i][x]);
+    for (int x = 0; x < kVectors; ++x)
+      Simd::store(acc_out + (r0 + i) * acc_ld + d0 + x * kLanes, acc[i][x]);
 }
 
 template <RowType kType>
@@ -160,10 +170,18 @@ void chunk_values(const DecodeShape& shape, const DecodeRows& rows, const Decode
     const int vectors = static_cast<int>(min_i64(kValueVectors, (dv - d0) / kLanes));
     for (int r0 = 0; r0 < rows.rows_pad; r0 += kRowBlock) {
       switch (vectors) {
-        case 1: value_block<kType, 1>(chunk, p, ld, r0, d0, acc, dv, dv); break;
-        case 2: value_block<kType, 2>(chunk, p, ld, r0, d0, acc, dv, dv); break;
-        case 3: value_block<kType, kValueVectors >= 3 ? 3 : 1>(chunk, p, ld, r0, d0, acc, dv, dv); break;
-        default: value_block<kType, kValueVectors>(chunk, p, ld, r0, d0, acc, dv, dv); break;
+        case 1:
+          value_block<kType, 1>(chunk, p, ld, r0, d0, acc, dv, dv);
+          break;
+        case 2:
+          value_block<kType, 2>(chunk, p, ld, r0, d0, acc, dv, dv);
+          break;
+        case 3:
+          value_block<kType, kValueVectors >= 3 ? 3 : 1>(chunk, p, ld, r0, d0, acc, dv, dv);
+          break;
+        default:
+          value_block<kType, kValueVectors>(chunk, p, ld, r0, d0, acc, dv, dv);
+          break;
       }
     }
   }
@@ -207,9 +225,12 @@ void decode_chunk_typed(const DecodeShape& shape, const DecodeRows& rows, const 
 void decode_chunk(const DecodeShape& shape, const DecodeRows& rows, const DecodeChunk& chunk,
                   const ChunkState& state, float* scores) {
   switch (shape.row_type) {
-    case RowType::bf16: return decode_chunk_typed<RowType::bf16, RowType::bf16>(shape, rows, chunk, state, scores);
-    case RowType::i8: return decode_chunk_typed<RowType::i8, RowType::i8>(shape, rows, chunk, state, scores);
-    default: return decode_chunk_typed<RowType::f32, RowType::f32>(shape, rows, chunk, state, scores);
+    case RowType::bf16:
+      return decode_chunk_typed<RowType::bf16, RowType::bf16>(shape, rows, chunk, state, scores);
+    case RowType::i8:
+      return decode_chunk_typed<RowType::i8, RowType::i8>(shape, rows, chunk, state, scores);
+    default:
+      return decode_chunk_typed<RowType::f32, RowType::f32>(shape, rows, chunk, state, scores);
   }
 }
 
