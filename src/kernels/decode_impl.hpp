@@ -72,41 +72,111 @@ void prefetch_row(const void* row, std::int64_t elements) {
     __builtin_prefetch(bytes + b);
 }
 
-// scores[r][c] = q_r · k_c (times the key's int8 scale) for kRowBlock rows from r0 and kKeys keys
-// from c: kRowBlock · kKeys independent accumulator chains, each query vector loaded once per
-// kKeys keys.
-template <RowType kType, int kKeys>
-void score_block(const DecodeShape& shape, const DecodeRows& rows, const DecodeChunk& chunk, int r0,
-                 int c, float* scores, std::int64_t ld) {
+// Horizontal sums of kLanes vectors at once: lane j of the result = Σ lanes of a[j]. A
+// transpose-add tree (log2 kLanes levels of two shuffles and one add, each level halving the vector
+// count): 15 shuffle+add steps for 16 sums on AVX-512 where 16 separate reductions take 4 each.
+inline V transpose_sum(V (&a)[kLanes]) {
+#if defined(__AVX512F__) || defined(__AVX2__)
+#if defined(__AVX512F__)
+#define SDPA_PS(op) _mm512_##op##_ps
+#else
+#define SDPA_PS(op) _mm256_##op##_ps
+#endif
+  // Level 1 (within 128-bit blocks): t[j] holds a[2j] partials in lanes 0, 2 and a[2j+1] in 1, 3.
+  V t[kLanes / 2];
+#pragma GCC unroll 8
+  for (int j = 0; j < kLanes / 2; ++j)
+    t[j] = SDPA_PS(add)(SDPA_PS(unpacklo)(a[2 * j], a[2 * j + 1]),
+                        SDPA_PS(unpackhi)(a[2 * j], a[2 * j + 1]));
+  // Level 2: u[j] holds a[4j .. 4j+3] partials in lanes 0..3 of every 128-bit block.
+  V u[kLanes / 4];
+#pragma GCC unroll 4
+  for (int j = 0; j < kLanes / 4; ++j)
+    u[j] = SDPA_PS(add)(SDPA_PS(shuffle)(t[2 * j], t[2 * j + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                        SDPA_PS(shuffle)(t[2 * j], t[2 * j + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+#undef SDPA_PS
+#if defined(__AVX512F__)
+  // Level 3: w[j] = blocks (u[2j].0+1, u[2j].2+3, u[2j+1].0+1, u[2j+1].2+3).
+  V w[2];
+#pragma GCC unroll 2
+  for (int j = 0; j < 2; ++j)
+    w[j] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * j], u[2 * j + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(u[2 * j], u[2 * j + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  // Level 4: blocks (a[0..3], a[4..7], a[8..11], a[12..15]) complete.
+  return _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(w[0], w[1], _MM_SHUFFLE(3, 1, 3, 1)));
+#else
+  // Level 3: low block of u[0] + its high block → a[0..3]; the same for u[1] → a[4..7].
+  return _mm256_add_ps(_mm256_permute2f128_ps(u[0], u[1], 0x20),
+                       _mm256_permute2f128_ps(u[0], u[1], 0x31));
+#endif
+#else
+  float sums[kLanes];
+  for (int j = 0; j < kLanes; ++j) sums[j] = Simd::reduce_add(a[j]);
+  return Simd::load(sums);
+#endif
+}
+
+constexpr int kTreeKeys = kLanes / kRowBlock;  // keys per transpose-summed block (4 on AVX-512)
+static_assert(kTreeKeys * kRowBlock == kLanes, "a score block fills one vector of sums");
+
+// scores[r][c .. c + kTreeKeys) = q_r · k_c (times the key's int8 scale) for kRowBlock rows from
+// r0: kLanes accumulator chains (row i, key n at index i·kTreeKeys + n), each key vector widened
+// once and each query vector loaded once per step, the kLanes dot products summed by one
+// transpose_sum.
+template <RowType kType>
+void score_block_tree(const DecodeShape& shape, const DecodeRows& rows, const DecodeChunk& chunk,
+                      int r0, int c, float* scores, std::int64_t ld) {
   const std::int64_t dk = shape.dim_k_pad;
   const float* q = rows.q + r0 * dk;
-  V acc[kKeys][kRowBlock];
-#pragma GCC unroll 4
-  for (int n = 0; n < kKeys; ++n)
-#pragma GCC unroll 4
-    for (int i = 0; i < kRowBlock; ++i) acc[n][i] = Simd::zero();
+  V acc[kLanes];
+#pragma GCC unroll 16
+  for (int j = 0; j < kLanes; ++j) acc[j] = Simd::zero();
   if (r0 == 0)
-    for (int n = 0; n < kKeys; ++n)
+    for (int n = 0; n < kTreeKeys; ++n)
       if (c + n + kPrefetchKeys < chunk.count)
         prefetch_row<kType>(chunk.k_rows[c + n + kPrefetchKeys], dk);
   for (std::int64_t d = 0; d < dk; d += kLanes) {
-    V k[kKeys];
+    V k[kTreeKeys];
 #pragma GCC unroll 4
-    for (int n = 0; n < kKeys; ++n) k[n] = load_elements<kType>(chunk.k_rows[c + n], d);
+    for (int n = 0; n < kTreeKeys; ++n) k[n] = load_elements<kType>(chunk.k_rows[c + n], d);
 #pragma GCC unroll 4
     for (int i = 0; i < kRowBlock; ++i) {
       const V qv = Simd::load(q + i * dk + d);
 #pragma GCC unroll 4
-      for (int n = 0; n < kKeys; ++n) acc[n][i] = Simd::fma(qv, k[n], acc[n][i]);
+      for (int n = 0; n < kTreeKeys; ++n)
+        acc[i * kTreeKeys + n] = Simd::fma(qv, k[n], acc[i * kTreeKeys + n]);
     }
   }
+  float sums[kLanes];
+  Simd::store(sums, transpose_sum(acc));
 #pragma GCC unroll 4
-  for (int n = 0; n < kKeys; ++n) {
+  for (int n = 0; n < kTreeKeys; ++n) {
     const float k_scale = kType == RowType::i8 ? chunk.k_scales[c + n] : 1.0f;
 #pragma GCC unroll 4
     for (int i = 0; i < kRowBlock; ++i)
-      scores[(r0 + i) * ld + c + n] = Simd::reduce_add(acc[n][i]) * k_scale;
+      scores[(r0 + i) * ld + c + n] = sums[i * kTreeKeys + n] * k_scale;
   }
+}
+
+// The same for one key (the chunk's last count mod kTreeKeys keys): one horizontal sum per row.
+template <RowType kType>
+void score_one(const DecodeShape& shape, const DecodeRows& rows, const DecodeChunk& chunk, int r0,
+               int c, float* scores, std::int64_t ld) {
+  const std::int64_t dk = shape.dim_k_pad;
+  const float* q = rows.q + r0 * dk;
+  V acc[kRowBlock];
+#pragma GCC unroll 4
+  for (int i = 0; i < kRowBlock; ++i) acc[i] = Simd::zero();
+  for (std::int64_t d = 0; d < dk; d += kLanes) {
+    const V k = load_elements<kType>(chunk.k_rows[c], d);
+#pragma GCC unroll 4
+    for (int i = 0; i < kRowBlock; ++i) acc[i] = Simd::fma(Simd::load(q + i * dk + d), k, acc[i]);
+  }
+  const float k_scale = kType == RowType::i8 ? chunk.k_scales[c] : 1.0f;
+#pragma GCC unroll 4
+  for (int i = 0; i < kRowBlock; ++i)
+    scores[(r0 + i) * ld + c] = Simd::reduce_add(acc[i]) * k_scale;
 }
 
 template <RowType kType>
@@ -114,9 +184,9 @@ void chunk_scores(const DecodeShape& shape, const DecodeRows& rows, const Decode
                   float* scores, std::int64_t ld) {
   for (int r0 = 0; r0 < rows.rows_pad; r0 += kRowBlock) {
     int c = 0;
-    for (; c + 2 <= chunk.count; c += 2)
-      score_block<kType, 2>(shape, rows, chunk, r0, c, scores, ld);
-    if (c < chunk.count) score_block<kType, 1>(shape, rows, chunk, r0, c, scores, ld);
+    for (; c + kTreeKeys <= chunk.count; c += kTreeKeys)
+      score_block_tree<kType>(shape, rows, chunk, r0, c, scores, ld);
+    for (; c < chunk.count; ++c) score_one<kType>(shape, rows, chunk, r0, c, scores, ld);
   }
 }
 
@@ -135,11 +205,12 @@ void value_block(const DecodeChunk& chunk, const float* p, std::int64_t ld, int 
     if (d0 == 0 && r0 == 0 && c + kPrefetchKeys < chunk.count)
       prefetch_row<kType>(chunk.v_rows[c + kPrefetchKeys], dv);
     float weight[kRowBlock];
-    bool any = false;
+    bool any = false, all = true;
 #pragma GCC unroll 4
     for (int i = 0; i < kRowBlock; ++i) {
       weight[i] = p[(r0 + i) * ld + c];
       any |= weight[i] != 0.0f;
+      all &= weight[i] != 0.0f;
     }
     if (!any) continue;
     const float v_scale = kType == RowType::i8 ? chunk.v_scales[c] : 1.0f;
@@ -147,6 +218,15 @@ void value_block(const DecodeChunk& chunk, const float* p, std::int64_t ld, int 
 #pragma GCC unroll 4
     for (int x = 0; x < kVectors; ++x)
       v[x] = load_elements<kType>(chunk.v_rows[c], d0 + x * kLanes);
+    if (all) {  // the usual case: every row sees the key, no branch per row
+#pragma GCC unroll 4
+      for (int i = 0; i < kRowBlock; ++i) {
+        const V w = Simd::set1(weight[i] * v_scale);
+#pragma GCC unroll 4
+        for (int x = 0; x < kVectors; ++x) acc[i][x] = Simd::fma(w, v[x], acc[i][x]);
+      }
+      continue;
+    }
 #pragma GCC unroll 4
     for (int i = 0; i < kRowBlock; ++i) {
       if (weight[i] == 0.0f) continue;  // masked (or underflowed): its value is not read
