@@ -25,6 +25,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/half.hpp"
 #include "core/problem.hpp"
 #include "core/reference.hpp"
 #include "sdpa/sdpa.hpp"
@@ -247,6 +248,37 @@ inline Strided<float> floats(std::vector<std::int64_t> shape, const std::vector<
   return t;
 }
 
+// ---- 16-bit floats (bf16, f16) -----------------------------------------------------------------
+
+inline bool is_16bit(DType dtype) { return dtype == DType::bf16 || dtype == DType::f16; }
+
+/// `x` rounded to `dtype` (bf16 / f16; f32 unchanged), as a float.
+inline float round_to(DType dtype, float x) {
+  if (dtype == DType::bf16) return half::bf16_to_float(half::float_to_bf16(x));
+  if (dtype == DType::f16) return half::f16_to_float(half::float_to_f16(x));
+  return x;
+}
+inline std::uint16_t narrow(DType dtype, float x) {
+  return dtype == DType::bf16 ? half::float_to_bf16(x) : half::float_to_f16(x);
+}
+inline float widen(DType dtype, std::uint16_t bits) {
+  return dtype == DType::bf16 ? half::bf16_to_float(bits) : half::f16_to_float(bits);
+}
+
+/// Rounds every storage element of `t` to `dtype` in place and returns its 16-bit twin: the same
+/// shape, layout and strides, holding exactly those values.
+inline Strided<std::uint16_t> to_16bit(Strided<float>& t, DType dtype, const Layout& layout) {
+  std::vector<std::int64_t> shape(t.tensor.shape.begin(), t.tensor.shape.begin() + t.rank());
+  Strided<std::uint16_t> twin(dtype, shape, layout);
+  EXPECT_EQ(twin.storage.size(), t.storage.size());
+  EXPECT_EQ(twin.origin, t.origin);
+  for (std::size_t n = 0; n < t.storage.size(); ++n) {
+    twin.storage[n] = narrow(dtype, t.storage[n]);
+    t.storage[n] = widen(dtype, twin.storage[n]);
+  }
+  return twin;
+}
+
 // ---- outputs -----------------------------------------------------------------------------------
 
 /// A quiet NaN with a recognizable payload: outputs are filled with it before a call, so an element
@@ -264,20 +296,28 @@ inline bool is_sentinel(float x) {
   return bits == 0x7fc0dead;
 }
 inline bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+/// The 16-bit sentinel: a NaN both as bf16 and as f16.
+inline constexpr std::uint16_t kSentinel16 = 0x7fd5;
+inline bool is_sentinel(std::uint16_t x) { return x == kSentinel16; }
 
 struct OutputLayouts {
   Layout out, lse, weights, entropy;
   bool want_lse = true, want_weights = true, want_entropy = true;
+  DType out_dtype = DType::f32;  // bf16 / f16: out is written into OutputBuffers::out16
 };
 
 /// Output tensors of one call, filled with sentinel().
 struct OutputBuffers {
   Strided<float> out;
+  std::optional<Strided<std::uint16_t>> out16;  // replaces out when OutputLayouts::out_dtype is 16-bit
   std::optional<Strided<float>> lse, weights, entropy;
 
   OutputBuffers(std::int64_t batch, std::int64_t heads_q, std::int64_t len_q, std::int64_t len_k,
                 std::int64_t dim_v, const OutputLayouts& layouts = {})
       : out(DType::f32, {batch, heads_q, len_q, dim_v}, layouts.out) {
+    if (is_16bit(layouts.out_dtype))
+      out16.emplace(layouts.out_dtype, std::vector<std::int64_t>{batch, heads_q, len_q, dim_v},
+                    layouts.out);
     if (layouts.want_lse) lse.emplace(DType::f32, std::vector<std::int64_t>{batch, heads_q, len_q}, layouts.lse);
     if (layouts.want_weights)
       weights.emplace(DType::f32, std::vector<std::int64_t>{batch, heads_q, len_q, len_k}, layouts.weights);
@@ -287,13 +327,14 @@ struct OutputBuffers {
   }
   void reset() {
     std::fill(out.storage.begin(), out.storage.end(), sentinel());
+    if (out16) std::fill(out16->storage.begin(), out16->storage.end(), kSentinel16);
     if (lse) std::fill(lse->storage.begin(), lse->storage.end(), sentinel());
     if (weights) std::fill(weights->storage.begin(), weights->storage.end(), sentinel());
     if (entropy) std::fill(entropy->storage.begin(), entropy->storage.end(), sentinel());
   }
   Outputs outputs() {
     Outputs o;
-    o.out = out.tensor;
+    o.out = out16 ? out16->tensor : out.tensor;
     if (lse) o.lse = lse->tensor;
     if (weights) o.weights = weights->tensor;
     if (entropy) o.entropy = entropy->tensor;
@@ -301,14 +342,24 @@ struct OutputBuffers {
   }
 };
 
+/// out as floats in row-major order, whatever its dtype.
+inline std::vector<float> out_values(const OutputBuffers& buffers) {
+  if (!buffers.out16) return buffers.out.dense();
+  std::vector<float> values;
+  for (std::uint16_t bits : buffers.out16->dense())
+    values.push_back(widen(buffers.out16->tensor.dtype, bits));
+  return values;
+}
+
 /// Fails unless every storage element outside the view still holds the sentinel.
-inline ::testing::AssertionResult padding_untouched(const char* name, const Strided<float>& t) {
+template <typename T>
+inline ::testing::AssertionResult padding_untouched(const char* name, const Strided<T>& t) {
   const std::vector<bool> reached = t.covered();
   for (std::size_t n = 0; n < t.storage.size(); ++n)
     if (!reached[n] && !is_sentinel(t.storage[n]))
       return ::testing::AssertionFailure()
              << name << ": storage element " << n << " outside the view was overwritten with "
-             << t.storage[n] << " (layout " << t.layout_name << ")";
+             << +t.storage[n] << " (layout " << t.layout_name << ")";
   return ::testing::AssertionSuccess();
 }
 
@@ -393,12 +444,53 @@ inline double accuracy_slack(const std::vector<double>& ref64_lse) {
   return 1e-6 * largest;
 }
 
-/// The fp64 reference and the naive fp32 baseline of one problem.
+/// The naive baseline of 16-bit inputs (DESIGN.md: "bf16 inputs: accumulate in fp32"): naive32
+/// on the 16-bit values (exact in fp32), with the two roundings a fast kernel is allowed on top:
+///   - bf16 inputs: out = Σ_j bf16(p_j)·v_j / Σ_j p_j with p_j = exp(s_j − max s) in fp32 and P
+///     rounded to bf16 (round to nearest even) before the product, products and sums in fp32.
+///     This is the arithmetic of flash attention's bf16 P·V on GPUs and of the vdpbf16ps kernel
+///     (which rounds P relative to its running max — the same relative rounding error, 2⁻⁹). The
+///     row sum l stays fp32 in both. f16 inputs are widened to fp32, P is never rounded.
+///   - out rounded to the output dtype when that is 16-bit.
+/// lse, weights and entropy stay naive32's: every kernel computes them from fp32 logits. p_j is
+/// taken from naive32's weights as w_j / max w (= exp(s_j − max s) to within fp32 rounding).
+inline void apply_16bit_baseline(const Problem& p, DType input, DType output,
+                                 reference::Result<float>& naive) {
+  const std::int64_t Lk = p.len_k, Dv = p.dim_v;
+  const auto rows = static_cast<std::int64_t>(naive.lse.size());
+  for (std::int64_t row = 0; row < rows && input == DType::bf16; ++row) {
+    const std::int64_t h = row / p.len_q % p.heads_q, b = row / p.len_q / p.heads_q;
+    const float* w = naive.weights.data() + row * Lk;
+    float w_max = 0;
+    for (std::int64_t j = 0; j < Lk; ++j) w_max = std::isnan(w[j]) || w[j] > w_max ? w[j] : w_max;
+    if (!(w_max > 0)) continue;  // no visible key (out stays 0) or NaN (out stays NaN)
+    float sum = 0;
+    std::vector<float> acc(static_cast<std::size_t>(Dv), 0.0f);
+    for (std::int64_t j = 0; j < Lk; ++j) {
+      if (w[j] == 0) continue;
+      const float p_j = w[j] / w_max;
+      const float p_rounded = round_to(DType::bf16, p_j);
+      sum += p_j;
+      for (std::int64_t d = 0; d < Dv; ++d)
+        acc[static_cast<std::size_t>(d)] += p_rounded * p.v_at(b, h / p.group, j, d);
+    }
+    for (std::int64_t d = 0; d < Dv; ++d)
+      naive.out[static_cast<std::size_t>(row * Dv + d)] = acc[static_cast<std::size_t>(d)] / sum;
+  }
+  if (is_16bit(output))
+    for (float& x : naive.out) x = round_to(output, x);
+}
+
+/// The fp64 reference and the naive fp32 baseline of one problem. For 16-bit inputs or output the
+/// baseline is apply_16bit_baseline's.
 struct References {
   reference::Result<double> ref64;
   reference::Result<float> naive32;
-  explicit References(const Problem& problem)
-      : ref64(reference::forward<double>(problem)), naive32(reference::forward<float>(problem)) {}
+  explicit References(const Problem& problem, DType output = DType::f32)
+      : ref64(reference::forward<double>(problem)), naive32(reference::forward<float>(problem)) {
+    if (is_16bit(problem.dtype) || is_16bit(output))
+      apply_16bit_baseline(problem, problem.dtype, output, naive32);
+  }
 };
 
 /// Checks every output of a forward call against the references: the accuracy rule on out, lse and
@@ -408,10 +500,12 @@ inline ::testing::AssertionResult check_outputs(const References& refs, OutputBu
                                                 std::int64_t len_k, std::int64_t dim_v) {
   const std::size_t rows = refs.ref64.lse.size();
   const auto Dv = static_cast<std::size_t>(dim_v), Lk = static_cast<std::size_t>(len_k);
-  const std::vector<float> out = buffers.out.dense();
+  const std::vector<float> out = out_values(buffers);
   const double slack = accuracy_slack(refs.ref64.lse);
   if (auto r = accuracy_rule("out", out, refs.naive32.out, refs.ref64.out, Dv, slack); !r) return r;
-  if (auto r = padding_untouched("out", buffers.out); !r) return r;
+  const auto out_padding = buffers.out16 ? padding_untouched("out", *buffers.out16)
+                                         : padding_untouched("out", buffers.out);
+  if (!out_padding) return out_padding;
   for (std::size_t row = 0; row < rows; ++row) {
     if (refs.ref64.lse[row] != kNegInf64) continue;
     for (std::size_t d = 0; d < Dv; ++d)
@@ -474,6 +568,23 @@ struct Inputs {
   std::optional<Strided<float>> bias;
   std::vector<std::int32_t> key_lengths, query_lengths;
   Options base;  // scale, causal, window, threads, isa (mask/bias/lengths are taken from above)
+  // bf16 / f16 runs: q, k, v rounded to the dtype and their 16-bit twins (see set_dtype).
+  DType dtype = DType::f32;
+  std::optional<Strided<std::uint16_t>> q16{}, k16{}, v16{};
+
+  /// Makes the calls use `dtype` inputs: q, k, v are rounded to it (so the f32 tensors hold the
+  /// exact values the 16-bit ones do) and `layouts` must be those q, k, v were created with.
+  void set_dtype(DType to, const Layout& q_layout = {}, const Layout& k_layout = {},
+                 const Layout& v_layout = {}) {
+    dtype = to;
+    if (!is_16bit(to)) return;
+    q16 = to_16bit(q, to, q_layout);
+    k16 = to_16bit(k, to, k_layout);
+    v16 = to_16bit(v, to, v_layout);
+  }
+  const Tensor& q_tensor() const { return q16 ? q16->tensor : q.tensor; }
+  const Tensor& k_tensor() const { return k16 ? k16->tensor : k.tensor; }
+  const Tensor& v_tensor() const { return v16 ? v16->tensor : v.tensor; }
 
   Options options() const {
     Options o = base;
@@ -498,11 +609,15 @@ struct Inputs {
     Options o = options();
     o.isa = isa;
     o.threads = threads;
-    return forward(q.tensor, k.tensor, v.tensor, o, buffers.outputs());
+    return forward(q_tensor(), k_tensor(), v_tensor(), o, buffers.outputs());
   }
-  /// The validated problem (outputs from `buffers`) and its references.
+  /// The validated problem (outputs from `buffers`) and its references (16-bit inputs: the
+  /// references read the same values, and the baseline is apply_16bit_baseline's).
   References references(OutputBuffers& buffers) const {
-    return References(validate_forward(q.tensor, k.tensor, v.tensor, options(), buffers.outputs()));
+    const DType out_dtype = buffers.out16 ? buffers.out16->tensor.dtype : DType::f32;
+    if (dtype == DType::f32 && out_dtype == DType::f32)
+      return References(validate_forward(q.tensor, k.tensor, v.tensor, options(), buffers.outputs()));
+    return References(validate_inputs(q_tensor(), k_tensor(), v_tensor(), options()), out_dtype);
   }
 };
 
@@ -513,7 +628,7 @@ inline Inputs random_inputs(Rng& rng, std::int64_t batch, std::int64_t heads_q,
   return Inputs{random_floats(rng, {batch, heads_q, len_q, dim_k}, {}),
                 random_floats(rng, {batch, heads_kv, len_k, dim_k}, {}),
                 random_floats(rng, {batch, heads_kv, len_k, dim_v}, {}),
-                std::nullopt, std::nullopt, {}, {}, {}};
+                std::nullopt, std::nullopt, {}, {}, {}, DType::f32, {}, {}, {}};
 }
 
 /// Runs `inputs` on every supported ISA (threads as given) and checks all outputs against the

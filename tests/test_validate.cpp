@@ -96,10 +96,10 @@ TEST_F(Validate, InputDtypeMismatchNamesTensorAndBothDtypes) {
   expect_error({"q.dtype", "expected f32", "got f64"});
   q.dtype = DType::f32;
   k.dtype = DType::bf16;
-  expect_error({"k.dtype", "expected f32", "got bf16"});
+  expect_error({"k.dtype = bf16", "does not match q.dtype = f32", "same dtype"});
   k.dtype = DType::f32;
   v.dtype = DType::boolean;
-  expect_error({"v.dtype", "expected f32", "got bool"});
+  expect_error({"v.dtype = bool", "does not match q.dtype = f32"});
 }
 
 TEST_F(Validate, NegativeExtentIsRejected) {

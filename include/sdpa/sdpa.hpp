@@ -12,6 +12,15 @@
 // Hq must be a multiple of Hkv (grouped-query / multi-query attention): query head h reads key/value
 // head h / (Hq / Hkv).
 //
+// Dtypes: q, k, v (and dout) are all f32, all bf16 or all f16 (16-bit values as raw bit patterns,
+// uint16_t). Products are accumulated and the softmax is computed in fp32 whatever the input dtype.
+// out and the gradients dq, dk, dv are in the inputs' dtype, or f32 when the caller passes f32
+// tensors ("fp32 on request"); lse, weights, entropy, mask/bias and dbias are always f32 / bool.
+// With bf16 inputs on a CPU with AVX512_BF16 the forward multiplies in bf16 (vdpbf16ps: Q·Kᵀ exact
+// products summed in fp32; the probabilities P rounded to bf16 for P·V, as GPU flash attention
+// does); elsewhere 16-bit inputs are widened to fp32 when packed and run the fp32 kernels.
+// The backward always widens 16-bit tensors to fp32 copies first.
+//
 // Every function validates all of its arguments before it writes anything: on error it throws
 // sdpa::Error, whose message names the argument, the expected and the given value, and no output
 // has been touched.
@@ -110,7 +119,7 @@ struct Options {
 };
 
 struct Outputs {
-  Tensor out;                             ///< f32 [B, Hq, Lq, Dv], required
+  Tensor out;                             ///< [B, Hq, Lq, Dv], required: the inputs' dtype or f32
   std::optional<Tensor> lse;              ///< f32 [B, Hq, Lq]: natural-log log-sum-exp of each row's logits
   std::optional<Tensor> weights;          ///< f32 [B, Hq, Lq, Lk]: the softmax probabilities (O(L²) memory);
                                           ///< asking for them selects the prefill plan, so with
@@ -130,8 +139,8 @@ struct RunInfo {
 };
 
 /// The fused, tiled forward pass with online softmax: never materializes the Lq×Lk matrix unless
-/// `outputs.weights` is given. fp32 in, fp32 out. A row with no visible key gives out = 0 and
-/// lse = -inf. Results are bitwise identical for every thread count.
+/// `outputs.weights` is given. f32, bf16 or f16 in (see Dtypes above). A row with no visible key
+/// gives out = 0 and lse = -inf. Results are bitwise identical for every thread count.
 ///
 /// Two plans: prefill (query blocks against packed keys/values) and, for decoding — Lq ≤ 16, at
 /// most 64 query rows per (batch, kv-head) group (Hq / Hkv · Lq), no weights — split-KV: all query
@@ -157,9 +166,10 @@ void merge_attention(std::span<const Tensor> outs, std::span<const Tensor> lses,
 /// Gradients of a loss L with respect to the inputs, given dL/d(out). Shapes equal those of the
 /// corresponding inputs; every field is written completely (no accumulation into existing values).
 struct Grads {
-  Tensor dq;                              ///< f32 [B, Hq, Lq, Dk]
-  Tensor dk;                              ///< f32 [B, Hkv, Lk, Dk]: summed over the query heads of a group
-  Tensor dv;                              ///< f32 [B, Hkv, Lk, Dv]: likewise
+  // dq, dk, dv: each in the inputs' dtype or f32.
+  Tensor dq;                              ///< [B, Hq, Lq, Dk]
+  Tensor dk;                              ///< [B, Hkv, Lk, Dk]: summed over the query heads of a group
+  Tensor dv;                              ///< [B, Hkv, Lk, Dv]: likewise
   std::optional<Tensor> dbias;            ///< f32, the shape of options.bias: summed over its broadcast dims
   float* dscale = nullptr;                ///< optional: dL/d(scale) = Σ dS ∘ (q·k)  (temperature gradient)
 };

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "core/errors.hpp"
+#include "core/half.hpp"
 #include "core/mask.hpp"
 #include "core/problem.hpp"
 #include "core/workspace.hpp"
@@ -561,11 +562,83 @@ double run_backward(const BackwardProblem& bp, const BackwardPlan& plan) {
   return dscale;
 }
 
+// ---- bf16 / f16 tensors: widened to fp32 copies, gradients narrowed back ------------------------
+// The backward kernels are fp32 only: a 16-bit call runs on contiguous fp32 copies of its 16-bit
+// tensors (one extra fp32 copy of each, outside options.workspace_limit) and narrows the
+// gradients asked for in 16 bits from fp32 results (round to nearest even).
+
+bool has_16bit(const BackwardProblem& bp) {
+  return bp.forward.dtype != DType::f32 || bp.forward.out_dtype != DType::f32 ||
+         bp.dq_dtype != DType::f32 || bp.dk_dtype != DType::f32 || bp.dv_dtype != DType::f32;
+}
+
+// Calls fn(element offset, flat row-major index) for every element of a rank-4 view.
+template <typename Fn>
+void for_each_element(const Tensor& t, Fn fn) {
+  std::size_t flat = 0;
+  for (std::int64_t a = 0; a < t.shape[0]; ++a)
+    for (std::int64_t b = 0; b < t.shape[1]; ++b)
+      for (std::int64_t c = 0; c < t.shape[2]; ++c)
+        for (std::int64_t d = 0; d < t.shape[3]; ++d)
+          fn(a * t.stride[0] + b * t.stride[1] + c * t.stride[2] + d * t.stride[3], flat++);
+}
+
+// A contiguous fp32 copy of rank-4 `t` (any float dtype) in `storage`, as a tensor.
+Tensor widened(const Tensor& t, std::vector<float>& storage) {
+  storage.resize(static_cast<std::size_t>(t.numel()));
+  if (t.dtype == DType::f32) {
+    const auto* src = static_cast<const float*>(t.data);
+    for_each_element(t, [&](std::int64_t at, std::size_t n) { storage[n] = src[at]; });
+  } else {
+    const auto* src = static_cast<const std::uint16_t*>(t.data);
+    const bool bf16 = t.dtype == DType::bf16;
+    for_each_element(t, [&](std::int64_t at, std::size_t n) {
+      storage[n] = bf16 ? half::bf16_to_float(src[at]) : half::f16_to_float(src[at]);
+    });
+  }
+  return Tensor::contiguous(storage.data(), DType::f32,
+                            {t.shape[0], t.shape[1], t.shape[2], t.shape[3]});
+}
+
+// Rounds the contiguous fp32 `values` into 16-bit rank-4 `t`.
+void narrow_into(const std::vector<float>& values, const Tensor& t) {
+  auto* dst = static_cast<std::uint16_t*>(t.data);
+  const bool bf16 = t.dtype == DType::bf16;
+  for_each_element(t, [&](std::int64_t at, std::size_t n) {
+    dst[at] = bf16 ? half::float_to_bf16(values[n]) : half::float_to_f16(values[n]);
+  });
+}
+
+RunInfo backward_widened(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                         const Tensor& dout, const Tensor& lse, const Options& options,
+                         const Grads& grads) {
+  std::vector<float> q32, k32, v32, out32, dout32, dq32, dk32, dv32;
+  const Tensor wq = widened(q, q32), wk = widened(k, k32), wv = widened(v, v32);
+  const Tensor wout = out.dtype == DType::f32 ? out : widened(out, out32);
+  const Tensor wdout = widened(dout, dout32);
+  Grads g = grads;
+  // 16-bit gradients: computed into fp32 scratch of the same shape, narrowed afterwards.
+  const auto scratch = [](const Tensor& like, std::vector<float>& storage) {
+    storage.assign(static_cast<std::size_t>(like.numel()), 0.0f);
+    return Tensor::contiguous(storage.data(), DType::f32,
+                              {like.shape[0], like.shape[1], like.shape[2], like.shape[3]});
+  };
+  if (grads.dq.dtype != DType::f32) g.dq = scratch(grads.dq, dq32);
+  if (grads.dk.dtype != DType::f32) g.dk = scratch(grads.dk, dk32);
+  if (grads.dv.dtype != DType::f32) g.dv = scratch(grads.dv, dv32);
+  const RunInfo info = backward(wq, wk, wv, wout, wdout, lse, options, g);
+  if (grads.dq.dtype != DType::f32) narrow_into(dq32, grads.dq);
+  if (grads.dk.dtype != DType::f32) narrow_into(dk32, grads.dk);
+  if (grads.dv.dtype != DType::f32) narrow_into(dv32, grads.dv);
+  return info;
+}
+
 }  // namespace
 
 RunInfo backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                  const Tensor& dout, const Tensor& lse, const Options& options, const Grads& grads) {
   const BackwardProblem bp = validate_backward(q, k, v, out, dout, lse, options, grads);
+  if (has_16bit(bp)) return backward_widened(q, k, v, out, dout, lse, options, grads);
   const BackwardPlan plan = make_backward_plan(bp);
   const double dscale = run_backward(bp, plan);
   if (bp.dscale != nullptr) *bp.dscale = static_cast<float>(dscale);

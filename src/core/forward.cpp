@@ -7,10 +7,13 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "core/decode.hpp"
 #include "core/errors.hpp"
+#include "core/half.hpp"
+#include "core/isa.hpp"
 #include "core/mask.hpp"
 #include "core/problem.hpp"
 #include "core/workspace.hpp"
@@ -21,7 +24,8 @@ namespace {
 
 using kernels::FlashKernel;
 
-const FlashKernel& kernel_for(Isa isa) {
+const FlashKernel& kernel_for(Isa isa, DType dtype) {
+  if (dtype == DType::bf16 && uses_bf16_products(isa)) return kernels::flash_kernel_avx512_bf16();
   switch (isa) {
     case Isa::avx512: return kernels::flash_kernel_avx512();
     case Isa::avx2: return kernels::flash_kernel_avx2();
@@ -53,13 +57,18 @@ constexpr std::size_t kDefaultPackBudget = std::size_t{64} << 20;  // bytes of p
 
 Plan make_plan(const Problem& p) {
   Plan plan;
-  plan.kernel = &kernel_for(p.isa);
+  plan.kernel = &kernel_for(p.isa, p.dtype);
   const FlashKernel& k = *plan.kernel;
   plan.panel = k.panel;
   plan.len_k_padded = round_up(p.len_k, k.panel);
   plan.dim_v_padded = round_up(p.dim_v, k.panel);
-  plan.k_pack_floats = plan.len_k_padded * p.dim_k;
-  plan.v_pack_floats = plan.len_k_padded * plan.dim_v_padded;
+  if (k.bf16_products) {  // bf16 panels: two elements per float of workspace
+    plan.k_pack_floats = plan.len_k_padded * round_up(p.dim_k, 2) / 2;
+    plan.v_pack_floats = plan.len_k_padded * plan.dim_v_padded / 2;
+  } else {
+    plan.k_pack_floats = plan.len_k_padded * p.dim_k;
+    plan.v_pack_floats = plan.len_k_padded * plan.dim_v_padded;
+  }
   plan.groups = p.batch * p.heads_kv;
   plan.query_blocks = (p.len_q + k.block_rows - 1) / k.block_rows;
   // No more threads than work items: idle threads would only wait at the barriers.
@@ -86,10 +95,17 @@ Plan make_plan(const Problem& p) {
   return plan;
 }
 
+// Input elements widened to fp32 while packing (bf16 / f16 inputs run the fp32 kernels).
+float widen(std::uint16_t bits, DType dtype) {
+  return dtype == DType::bf16 ? half::bf16_to_float(bits) : half::f16_to_float(bits);
+}
+
 // K of one (batch, kv-head), keys [panel_begin·NR, panel_end·NR), transposed into panels
 // [panel][Dk][NR]; keys past the batch entry's key length are zero (never seen; NaN-safe).
-void pack_keys(const Problem& p, const Plan& plan, std::int64_t b, std::int64_t hk,
-               std::int64_t panel_begin, std::int64_t panel_end, float* k_panels) {
+template <typename T>
+void pack_keys_from(const Problem& p, const View4<const T>& k, const Plan& plan, std::int64_t b,
+                    std::int64_t hk, std::int64_t panel_begin, std::int64_t panel_end,
+                    float* k_panels) {
   const std::int64_t nr = plan.panel;
   for (std::int64_t panel = panel_begin; panel < panel_end; ++panel) {
     float* dst = k_panels + panel * p.dim_k * nr;
@@ -99,16 +115,28 @@ void pack_keys(const Problem& p, const Plan& plan, std::int64_t b, std::int64_t 
         for (std::int64_t d = 0; d < p.dim_k; ++d) dst[d * nr + n] = 0.0f;
         continue;
       }
-      const float* src = &p.k.at(b, hk, j, 0);
-      for (std::int64_t d = 0; d < p.dim_k; ++d) dst[d * nr + n] = src[d * p.k.s3];
+      const T* src = &k.at(b, hk, j, 0);
+      if constexpr (std::is_same_v<T, float>) {
+        for (std::int64_t d = 0; d < p.dim_k; ++d) dst[d * nr + n] = src[d * k.s3];
+      } else {
+        for (std::int64_t d = 0; d < p.dim_k; ++d) dst[d * nr + n] = widen(src[d * k.s3], p.dtype);
+      }
     }
   }
 }
 
+void pack_keys(const Problem& p, const Plan& plan, std::int64_t b, std::int64_t hk,
+               std::int64_t panel_begin, std::int64_t panel_end, float* k_panels) {
+  if (p.dtype == DType::f32) pack_keys_from(p, p.k, plan, b, hk, panel_begin, panel_end, k_panels);
+  else pack_keys_from(p, p.k16, plan, b, hk, panel_begin, panel_end, k_panels);
+}
+
 // V of one (batch, kv-head), keys [key_begin, key_end), into panels [Dv / NR][Lk_padded][NR];
 // columns past Dv and keys past the batch entry's key length are zero.
-void pack_values(const Problem& p, const Plan& plan, std::int64_t b, std::int64_t hk,
-                 std::int64_t key_begin, std::int64_t key_end, float* v_panels) {
+template <typename T>
+void pack_values_from(const Problem& p, const View4<const T>& v, const Plan& plan, std::int64_t b,
+                      std::int64_t hk, std::int64_t key_begin, std::int64_t key_end,
+                      float* v_panels) {
   const std::int64_t nr = plan.panel;
   for (std::int64_t col0 = 0; col0 < plan.dim_v_padded; col0 += nr) {
     float* panel = v_panels + col0 / nr * plan.len_k_padded * nr;
@@ -117,12 +145,71 @@ void pack_values(const Problem& p, const Plan& plan, std::int64_t b, std::int64_
       float* dst = panel + j * nr;
       std::int64_t c = 0;
       if (j < p.key_length(b)) {
-        const float* src = &p.v.at(b, hk, j, col0);
-        for (; c < cols; ++c) dst[c] = src[c * p.v.s3];
+        const T* src = &v.at(b, hk, j, col0);
+        if constexpr (std::is_same_v<T, float>) {
+          for (; c < cols; ++c) dst[c] = src[c * v.s3];
+        } else {
+          for (; c < cols; ++c) dst[c] = widen(src[c * v.s3], p.dtype);
+        }
       }
       for (; c < nr; ++c) dst[c] = 0.0f;
     }
   }
+}
+
+void pack_values(const Problem& p, const Plan& plan, std::int64_t b, std::int64_t hk,
+                 std::int64_t key_begin, std::int64_t key_end, float* v_panels) {
+  if (p.dtype == DType::f32) pack_values_from(p, p.v, plan, b, hk, key_begin, key_end, v_panels);
+  else pack_values_from(p, p.v16, plan, b, hk, key_begin, key_end, v_panels);
+}
+
+// bf16 panels for the bf16 dot-product kernel (layouts in kernels/flash_forward.hpp), copied bit
+// for bit from bf16 inputs: K as [panel][Dk2 / 2][NR][2], V as [Dv / NR][Lk_padded / 2][NR][2].
+void pack_keys_bf16(const Problem& p, const Plan& plan, std::int64_t b, std::int64_t hk,
+                    std::int64_t panel_begin, std::int64_t panel_end, std::uint16_t* k_panels) {
+  const std::int64_t nr = plan.panel, dim_k2 = round_up(p.dim_k, 2);
+  for (std::int64_t panel = panel_begin; panel < panel_end; ++panel) {
+    std::uint16_t* dst = k_panels + panel * dim_k2 * nr;
+    for (std::int64_t n = 0; n < nr; ++n) {
+      const std::int64_t j = panel * nr + n;
+      const bool real = j < p.key_length(b);
+      const std::uint16_t* src = real ? &p.k16.at(b, hk, j, 0) : nullptr;
+      for (std::int64_t d = 0; d < dim_k2; ++d)
+        dst[(d / 2 * nr + n) * 2 + d % 2] = real && d < p.dim_k ? src[d * p.k16.s3] : 0;
+    }
+  }
+}
+
+void pack_values_bf16(const Problem& p, const Plan& plan, std::int64_t b, std::int64_t hk,
+                      std::int64_t key_begin, std::int64_t key_end, std::uint16_t* v_panels) {
+  const std::int64_t nr = plan.panel;
+  for (std::int64_t col0 = 0; col0 < plan.dim_v_padded; col0 += nr) {
+    std::uint16_t* panel = v_panels + col0 / nr * plan.len_k_padded * nr;
+    const std::int64_t cols = std::min(nr, p.dim_v - col0);
+    for (std::int64_t j = key_begin; j < key_end; ++j) {
+      std::uint16_t* dst = panel + (j / 2 * nr) * 2 + j % 2;
+      std::int64_t c = 0;
+      if (j < p.key_length(b)) {
+        const std::uint16_t* src = &p.v16.at(b, hk, j, col0);
+        for (; c < cols; ++c) dst[2 * c] = src[c * p.v16.s3];
+      }
+      for (; c < nr; ++c) dst[2 * c] = 0;
+    }
+  }
+}
+
+// Packs keys [key_begin, key_end) (whole panels) of one (batch, kv-head) in the kernel's format.
+void pack_group(const Problem& p, const Plan& plan, std::int64_t b, std::int64_t hk,
+                std::int64_t key_begin, std::int64_t key_end, float* group_pack) {
+  if (plan.kernel->bf16_products) {
+    pack_keys_bf16(p, plan, b, hk, key_begin / plan.panel, key_end / plan.panel,
+                   reinterpret_cast<std::uint16_t*>(group_pack));
+    pack_values_bf16(p, plan, b, hk, key_begin, key_end,
+                     reinterpret_cast<std::uint16_t*>(group_pack + plan.k_pack_floats));
+    return;
+  }
+  pack_keys(p, plan, b, hk, key_begin / plan.panel, key_end / plan.panel, group_pack);
+  pack_values(p, plan, b, hk, key_begin, key_end, group_pack + plan.k_pack_floats);
 }
 
 // One unit of parallel work: a block of query rows of one (batch, query head).
@@ -160,6 +247,14 @@ std::vector<WorkItem> make_work_items(const Problem& p, const Plan& plan, std::i
   return items;
 }
 
+kernels::Element element_of(DType dtype) {
+  switch (dtype) {
+    case DType::bf16: return kernels::Element::bf16;
+    case DType::f16: return kernels::Element::f16;
+    default: return kernels::Element::f32;
+  }
+}
+
 // Runs the kernel on one work item.
 void run_item(const Problem& p, const Plan& plan, const WorkItem& item, std::int64_t chunk_begin,
               const float* packed, float* scratch) {
@@ -190,12 +285,26 @@ void run_item(const Problem& p, const Plan& plan, const WorkItem& item, std::int
 
   kernels::QueryBlock blk;
   blk.rows = rows;
-  blk.q = &p.q.at(b, h, i0, 0);
-  blk.q_row_stride = p.q.s2;
-  blk.q_col_stride = p.q.s3;
-  blk.out = &p.out.at(b, h, i0, 0);
-  blk.out_row_stride = p.out.s2;
-  blk.out_col_stride = p.out.s3;
+  if (p.dtype == DType::f32) {
+    blk.q = &p.q.at(b, h, i0, 0);
+    blk.q_row_stride = p.q.s2;
+    blk.q_col_stride = p.q.s3;
+  } else {
+    blk.q = &p.q16.at(b, h, i0, 0);
+    blk.q_element = element_of(p.dtype);
+    blk.q_row_stride = p.q16.s2;
+    blk.q_col_stride = p.q16.s3;
+  }
+  if (p.out_dtype == DType::f32) {
+    blk.out = &p.out.at(b, h, i0, 0);
+    blk.out_row_stride = p.out.s2;
+    blk.out_col_stride = p.out.s3;
+  } else {
+    blk.out = &p.out16.at(b, h, i0, 0);
+    blk.out_element = element_of(p.out_dtype);
+    blk.out_row_stride = p.out16.s2;
+    blk.out_col_stride = p.out16.s3;
+  }
   if (p.lse) {
     blk.lse = &p.lse->at(b, h, i0, 0);
     blk.lse_stride = p.lse->s2;
@@ -249,8 +358,7 @@ void run_forward(const Problem& p, const Plan& plan) {
         const std::int64_t key_begin = piece * pack_step;
         const std::int64_t key_end = std::min(plan.len_k_padded, key_begin + pack_step);
         float* group_pack = packed.floats() + g * static_cast<std::int64_t>(plan.group_floats());
-        pack_keys(p, plan, b, hk, key_begin / plan.panel, key_end / plan.panel, group_pack);
-        pack_values(p, plan, b, hk, key_begin, key_end, group_pack + plan.k_pack_floats);
+        pack_group(p, plan, b, hk, key_begin, key_end, group_pack);
       }
 #pragma omp for schedule(dynamic, 1)
       for (std::size_t w = 0; w < items.size(); ++w)

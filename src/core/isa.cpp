@@ -35,6 +35,17 @@ bool cpu_supports(Isa isa) {
   return false;
 }
 
+bool cpu_has_avx512_bf16() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool has = cpu_supports(Isa::avx512) && __builtin_cpu_supports("avx512bf16");
+  return has;
+#else
+  return false;
+#endif
+}
+
+bool uses_bf16_products(Isa isa) { return isa == Isa::avx512 && cpu_has_avx512_bf16(); }
+
 Isa best_isa() {
   static const Isa best = cpu_supports(Isa::avx512) ? Isa::avx512
                           : cpu_supports(Isa::avx2) ? Isa::avx2

@@ -12,4 +12,11 @@ bool cpu_supports(Isa isa);
 /// CPU lacks -> sdpa::Error.
 Isa resolve_isa(Isa requested);
 
+/// Whether the CPU has the AVX512_BF16 dot products (vdpbf16ps).
+bool cpu_has_avx512_bf16();
+
+/// Whether a bf16 forward with kernels of `isa` multiplies in bf16 (the AVX-512-BF16 kernel: only
+/// with isa avx512 on a CPU with AVX512_BF16); otherwise bf16 inputs are widened to fp32.
+bool uses_bf16_products(Isa isa);
+
 }  // namespace sdpa

@@ -29,8 +29,15 @@ struct Problem {
   std::int64_t len_q = 0, len_k = 0, dim_k = 0, dim_v = 0;
   float scale = 1.0f;
 
+  // Inputs q, k, v share one dtype: f32 (views q, k, v) or bf16 / f16 (views q16, k16, v16, the
+  // raw 16-bit patterns; see core/half.hpp). out is f32 (view out) or the inputs' 16-bit dtype
+  // (out16). The views of the other kind have a null pointer.
+  DType dtype = DType::f32;
+  DType out_dtype = DType::f32;
   View4<const float> q, k, v;        // [B, Hq|Hkv, L, D]
+  View4<const std::uint16_t> q16, k16, v16;
   View4<float> out;                  // [B, Hq, Lq, Dv]
+  View4<std::uint16_t> out16;
   std::optional<View4<float>> lse;   // [B, Hq, Lq] as (b, h, i, 0)
   std::optional<View4<float>> entropy;  // [B, Hq, Lq] as (b, h, i, 0)
   std::optional<View4<float>> weights;
@@ -51,18 +58,40 @@ struct Problem {
   std::int64_t key_length(std::int64_t b) const {
     return key_lengths.empty() ? len_k : key_lengths[static_cast<std::size_t>(b)];
   }
+
+  // Input elements widened to fp32, whatever the dtype (for references and slow paths).
+  float q_at(std::int64_t b, std::int64_t h, std::int64_t i, std::int64_t d) const {
+    return widen(q, q16, b, h, i, d);
+  }
+  float k_at(std::int64_t b, std::int64_t h, std::int64_t j, std::int64_t d) const {
+    return widen(k, k16, b, h, j, d);
+  }
+  float v_at(std::int64_t b, std::int64_t h, std::int64_t j, std::int64_t d) const {
+    return widen(v, v16, b, h, j, d);
+  }
+
+ private:
+  float widen(const View4<const float>& f32, const View4<const std::uint16_t>& bits, std::int64_t b,
+              std::int64_t h, std::int64_t i, std::int64_t d) const;
 };
 
 /// A validated backward call: the forward problem (inputs, masks, options; its out view is the
 /// forward's output) plus the gradient inputs and outputs.
 struct BackwardProblem {
   Problem forward;                    // q, k, v, masks, options; forward.out = the forward's out
-  View4<const float> dout;            // [B, Hq, Lq, Dv]
+  View4<const float> dout;            // [B, Hq, Lq, Dv] (f32 dout; dout16 when 16-bit)
+  View4<const std::uint16_t> dout16;
   View4<const float> lse;             // [B, Hq, Lq] as (b, h, i, 0)
-  View4<float> dq, dk, dv;            // shapes of q, k, v
+  View4<float> dq, dk, dv;            // shapes of q, k, v (f32 gradients)
+  // Each gradient is f32 or the inputs' 16-bit dtype; 16-bit ones are converted from an f32
+  // computation by sdpa::backward (the kernels themselves only see f32).
+  DType dq_dtype = DType::f32, dk_dtype = DType::f32, dv_dtype = DType::f32;
   std::optional<View4<float>> dbias;  // broadcast strides like bias: several (b, h, i, j) share one
   std::array<std::int64_t, 4> dbias_shape{};  // dbias as [B|1, Hq|1, Lq|1, Lk|1]
   float* dscale = nullptr;
+
+  /// dout element widened to fp32, whatever its dtype.
+  float dout_at(std::int64_t b, std::int64_t h, std::int64_t i, std::int64_t d) const;
 };
 
 /// A validated merge_attention call: parts i = 0..n−1 of [B, H, L, D] outputs and [B, H, L] lses

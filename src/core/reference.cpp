@@ -31,7 +31,7 @@ Result<T> forward(const Problem& p) {
           if (key_visible(p, b, h, i, j)) {
             T dot = 0;
             for (std::int64_t d = 0; d < Dk; ++d)
-              dot += T(p.q.at(b, h, i, d)) * T(p.k.at(b, hk, j, d));
+              dot += T(p.q_at(b, h, i, d)) * T(p.k_at(b, hk, j, d));
             s = dot * T(p.scale);
             if (p.bias) s += T(p.bias->at(b, h, i, j));
           }
@@ -50,7 +50,7 @@ Result<T> forward(const Problem& p) {
           if (weight > 0 || std::isnan(weight)) r.entropy[static_cast<std::size_t>(row)] -= weight * std::log(weight);
           if (!key_visible(p, b, h, i, j)) continue;  // out sums over visible keys only
           for (std::int64_t d = 0; d < Dv; ++d)
-            r.out[static_cast<std::size_t>(row * Dv + d)] += weight * T(p.v.at(b, hk, j, d));
+            r.out[static_cast<std::size_t>(row * Dv + d)] += weight * T(p.v_at(b, hk, j, d));
         }
       }
     }

@@ -25,7 +25,7 @@ template <typename T>
 T dot_qk(const Problem& p, std::int64_t b, std::int64_t h, std::int64_t hk, std::int64_t i,
          std::int64_t j) {
   T dot = 0;
-  for (std::int64_t d = 0; d < p.dim_k; ++d) dot += T(p.q.at(b, h, i, d)) * T(p.k.at(b, hk, j, d));
+  for (std::int64_t d = 0; d < p.dim_k; ++d) dot += T(p.q_at(b, h, i, d)) * T(p.k_at(b, hk, j, d));
   return dot;
 }
 
@@ -67,8 +67,8 @@ T row_delta(const BackwardProblem& bp, std::int64_t b, std::int64_t h, std::int6
     T out = 0;
     for (std::int64_t j = 0; j < p.len_k; ++j)
       if (logits[at(j)] != -std::numeric_limits<T>::infinity())
-        out += probs[at(j)] * T(p.v.at(b, hk, j, d));
-    delta += T(bp.dout.at(b, h, i, d)) * out;
+        out += probs[at(j)] * T(p.v_at(b, hk, j, d));
+    delta += T(bp.dout_at(b, h, i, d)) * out;
   }
   return delta;
 }
@@ -116,14 +116,14 @@ BackwardResult<T> backward(const BackwardProblem& bp) {
           // dP_ij = dO_i·v_j; dV_j += P_ij dO_i.
           T dprob = 0;
           for (std::int64_t d = 0; d < Dv; ++d) {
-            const T dout = T(bp.dout.at(b, h, i, d));
-            dprob += dout * T(p.v.at(b, hk, j, d));
+            const T dout = T(bp.dout_at(b, h, i, d));
+            dprob += dout * T(p.v_at(b, hk, j, d));
             dv_j[d] += prob * dout;
           }
           const T dlogit = prob * (dprob - delta);  // dS_ij
           for (std::int64_t d = 0; d < Dk; ++d) {
-            dq_i[d] += scale * dlogit * T(p.k.at(b, hk, j, d));
-            dk_j[d] += scale * dlogit * T(p.q.at(b, h, i, d));
+            dq_i[d] += scale * dlogit * T(p.k_at(b, hk, j, d));
+            dk_j[d] += scale * dlogit * T(p.q_at(b, h, i, d));
           }
           if (bp.dbias) r.dbias[at(dbias_index(bp, b, h, i, j))] += dlogit;
           r.dscale += dlogit * dot_qk<T>(p, b, h, hk, i, j);

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "core/errors.hpp"
+#include "core/half.hpp"
 #include "core/isa.hpp"
 #include "core/problem.hpp"
 
@@ -32,6 +33,28 @@ void check_rank(const Tensor& t, const char* name, int rank) {
 void check_dtype(const Tensor& t, const char* name, DType dtype) {
   if (t.dtype != dtype)
     fail(name, ".dtype: expected ", dtype_name(dtype), ", got ", dtype_name(t.dtype));
+}
+
+bool is_16bit(DType dtype) { return dtype == DType::bf16 || dtype == DType::f16; }
+
+// q, k and v (and dout): f32, bf16 or f16, all the same.
+void check_input_dtypes(const Tensor& q, const Tensor& k, const Tensor& v) {
+  if (q.dtype != DType::f32 && !is_16bit(q.dtype))
+    fail("q.dtype: expected f32, bf16 or f16, got ", dtype_name(q.dtype));
+  if (k.dtype != q.dtype)
+    fail("k.dtype = ", dtype_name(k.dtype), " does not match q.dtype = ", dtype_name(q.dtype),
+         " (q, k and v must have the same dtype)");
+  if (v.dtype != q.dtype)
+    fail("v.dtype = ", dtype_name(v.dtype), " does not match q.dtype = ", dtype_name(q.dtype),
+         " (q, k and v must have the same dtype)");
+}
+
+// An output in the inputs' dtype, or f32 (fp32 results from 16-bit inputs, on request).
+void check_output_dtype(const Tensor& t, const char* name, DType input) {
+  if (t.dtype == input || t.dtype == DType::f32) return;
+  if (input == DType::f32) fail(name, ".dtype: expected f32, got ", dtype_name(t.dtype));
+  fail(name, ".dtype: expected ", dtype_name(input), " (the dtype of q, k, v) or f32, got ",
+       dtype_name(t.dtype));
 }
 
 // Every index computation on a view must be exact in int64, and so must every size derived from
@@ -155,13 +178,20 @@ View4<float> row_output_view(const Tensor& t, const char* name, const Problem& p
 
 }  // namespace
 
+float Problem::widen(const View4<const float>& f32, const View4<const std::uint16_t>& bits,
+                     std::int64_t b, std::int64_t h, std::int64_t i, std::int64_t d) const {
+  switch (dtype) {
+    case DType::bf16: return half::bf16_to_float(bits.at(b, h, i, d));
+    case DType::f16: return half::f16_to_float(bits.at(b, h, i, d));
+    default: return f32.at(b, h, i, d);
+  }
+}
+
 Problem validate_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Options& options) {
   check_rank(q, "q", 4);
   check_rank(k, "k", 4);
   check_rank(v, "v", 4);
-  check_dtype(q, "q", DType::f32);
-  check_dtype(k, "k", DType::f32);
-  check_dtype(v, "v", DType::f32);
+  check_input_dtypes(q, k, v);
   check_shape_nonnegative(q, "q");
   check_shape_nonnegative(k, "k");
   check_shape_nonnegative(v, "v");
@@ -190,9 +220,16 @@ Problem validate_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const
   check_data(q, "q");
   check_data(k, "k");
   check_data(v, "v");
-  p.q = view_of<const float>(q);
-  p.k = view_of<const float>(k);
-  p.v = view_of<const float>(v);
+  p.dtype = q.dtype;
+  if (p.dtype == DType::f32) {
+    p.q = view_of<const float>(q);
+    p.k = view_of<const float>(k);
+    p.v = view_of<const float>(v);
+  } else {
+    p.q16 = view_of<const std::uint16_t>(q);
+    p.k16 = view_of<const std::uint16_t>(k);
+    p.v16 = view_of<const std::uint16_t>(v);
+  }
 
   if (options.scale) {
     if (!std::isfinite(*options.scale))
@@ -230,14 +267,16 @@ Problem validate_forward(const Tensor& q, const Tensor& k, const Tensor& v, cons
 
   const Tensor& out = outputs.out;
   check_rank(out, "out", 4);
-  check_dtype(out, "out", DType::f32);
+  check_output_dtype(out, "out", p.dtype);
   check_dim(out, "out", 0, "B", p.batch, "q.shape[0]");
   check_dim(out, "out", 1, "Hq", p.heads_q, "q.shape[1]");
   check_dim(out, "out", 2, "Lq", p.len_q, "q.shape[2]");
   check_dim(out, "out", 3, "Dv", p.dim_v, "v.shape[3]");
   check_writable(out, "out");
   check_data(out, "out");
-  p.out = view_of<float>(out);
+  p.out_dtype = out.dtype;
+  if (out.dtype == DType::f32) p.out = view_of<float>(out);
+  else p.out16 = view_of<std::uint16_t>(out);
 
   if (outputs.lse) p.lse = row_output_view(*outputs.lse, "lse", p);
   if (outputs.entropy) p.entropy = row_output_view(*outputs.entropy, "entropy", p);
@@ -258,11 +297,10 @@ Problem validate_forward(const Tensor& q, const Tensor& k, const Tensor& v, cons
 
 namespace {
 
-// A tensor of exactly `like`'s shape (rank 4) and dtype f32, e.g. a gradient or the forward output.
+// A tensor of exactly `like`'s shape (rank 4), e.g. a gradient or dout (dtype checked elsewhere).
 void check_same_shape4(const Tensor& t, const char* name, const std::int64_t (&shape)[4],
                        const char* like) {
   check_rank(t, name, 4);
-  check_dtype(t, name, DType::f32);
   for (int d = 0; d < 4; ++d)
     if (t.shape[d] != shape[d])
       fail(name, ".shape[", d, "] = ", t.shape[d], " does not match ", like, ".shape[", d,
@@ -271,6 +309,15 @@ void check_same_shape4(const Tensor& t, const char* name, const std::int64_t (&s
 }
 
 }  // namespace
+
+float BackwardProblem::dout_at(std::int64_t b, std::int64_t h, std::int64_t i,
+                               std::int64_t d) const {
+  switch (forward.dtype) {
+    case DType::bf16: return half::bf16_to_float(dout16.at(b, h, i, d));
+    case DType::f16: return half::f16_to_float(dout16.at(b, h, i, d));
+    default: return dout.at(b, h, i, d);
+  }
+}
 
 BackwardProblem validate_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                   const Tensor& out, const Tensor& dout, const Tensor& lse,
@@ -286,18 +333,28 @@ BackwardProblem validate_backward(const Tensor& q, const Tensor& k, const Tensor
   const std::int64_t v_shape[4] = {p.batch, p.heads_kv, p.len_k, p.dim_v};
   const std::int64_t o_shape[4] = {p.batch, p.heads_q, p.len_q, p.dim_v};
   check_same_shape4(dout, "dout", o_shape, "out");
-  bp.dout = view_of<const float>(dout);
+  if (dout.dtype != p.dtype)
+    fail("dout.dtype = ", dtype_name(dout.dtype), " does not match q.dtype = ", dtype_name(p.dtype),
+         " (dout must have the dtype of q, k and v)");
+  if (p.dtype == DType::f32) bp.dout = view_of<const float>(dout);
+  else bp.dout16 = view_of<const std::uint16_t>(dout);
   bp.lse = View4<const float>{static_cast<const float*>(lse.data), p.lse->s0, p.lse->s1, p.lse->s2, 0};
 
   check_same_shape4(grads.dq, "grads.dq", q_shape, "q");
   check_same_shape4(grads.dk, "grads.dk", k_shape, "k");
   check_same_shape4(grads.dv, "grads.dv", v_shape, "v");
+  check_output_dtype(grads.dq, "grads.dq", p.dtype);
+  check_output_dtype(grads.dk, "grads.dk", p.dtype);
+  check_output_dtype(grads.dv, "grads.dv", p.dtype);
   check_writable(grads.dq, "grads.dq");
   check_writable(grads.dk, "grads.dk");
   check_writable(grads.dv, "grads.dv");
-  bp.dq = view_of<float>(grads.dq);
-  bp.dk = view_of<float>(grads.dk);
-  bp.dv = view_of<float>(grads.dv);
+  bp.dq_dtype = grads.dq.dtype;
+  bp.dk_dtype = grads.dk.dtype;
+  bp.dv_dtype = grads.dv.dtype;
+  if (grads.dq.dtype == DType::f32) bp.dq = view_of<float>(grads.dq);
+  if (grads.dk.dtype == DType::f32) bp.dk = view_of<float>(grads.dk);
+  if (grads.dv.dtype == DType::f32) bp.dv = view_of<float>(grads.dv);
 
   if (grads.dbias) {
     if (!options.bias) fail("grads.dbias: given, but options.bias is not (nothing to differentiate)");

@@ -14,6 +14,10 @@ namespace sdpa::kernels {
 /// with unit stride. NR = FlashKernel::panel.
 ///   k_panels: [ceil(Lk / NR)][Dk][NR]          K transposed in panels of NR keys, zero past Lk
 ///   v_panels: [ceil(Dv / NR)][len_k_padded][NR] V in panels of NR value columns, zero padded
+/// A kernel with bf16_products reads bf16 panels instead (pointers reinterpreted), pairs of
+/// consecutive depth elements interleaved for vdpbf16ps, Dk2 = Dk rounded up to even:
+///   k_panels: [ceil(Lk / NR)][Dk2 / 2][NR][2]        element (key n, dim d) at [d/2][n][d%2]
+///   v_panels: [ceil(Dv / NR)][len_k_padded / 2][NR][2] element (key j, column c) at [j/2][c][j%2]
 struct PackedKeysValues {
   const float* k_panels = nullptr;
   const float* v_panels = nullptr;
@@ -26,13 +30,19 @@ struct BlockShape {
   float scale = 1.0f;
 };
 
+/// Element format of q and out in a QueryBlock (raw 16-bit patterns for bf16 / f16, see
+/// core/half.hpp). K and V reach the kernels already packed by the driver.
+enum class Element : std::uint8_t { f32, bf16, f16 };
+
 /// One block of consecutive query rows of one (batch, query head). Row r of the block is query row
 /// row_begin + r. Pointers address row r = 0, key / column 0; strides are in elements.
 struct QueryBlock {
   int rows = 0;  // ≤ FlashKernel::block_rows
-  const float* q = nullptr;
+  const void* q = nullptr;  // q_element values
+  Element q_element = Element::f32;
   std::int64_t q_row_stride = 0, q_col_stride = 0;
-  float* out = nullptr;
+  void* out = nullptr;  // out_element values
+  Element out_element = Element::f32;
   std::int64_t out_row_stride = 0, out_col_stride = 0;
   float* lse = nullptr;  // optional
   std::int64_t lse_stride = 0;
@@ -64,6 +74,7 @@ struct FlashKernel {
   int panel = 0;       // NR: keys per K panel and value columns per V panel
   int block_rows = 0;  // query rows per block
   int block_keys = 0;  // keys per score tile (a multiple of panel)
+  bool bf16_products = false;  // bf16 q (QueryBlock) and bf16 packed K/V (PackedKeysValues)
   /// Fused forward for one query block: out (and lse, weights when given) for its rows.
   void (*forward_block)(const BlockShape&, const PackedKeysValues&, const QueryBlock&,
                         const Scratch&) = nullptr;
@@ -72,5 +83,7 @@ struct FlashKernel {
 const FlashKernel& flash_kernel_scalar();
 const FlashKernel& flash_kernel_avx2();
 const FlashKernel& flash_kernel_avx512();
+/// AVX512_BF16 dot products, bf16 inputs only; call only when the CPU has AVX512_BF16.
+const FlashKernel& flash_kernel_avx512_bf16();
 
 }  // namespace sdpa::kernels

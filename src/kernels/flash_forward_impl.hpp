@@ -15,11 +15,19 @@
 //                       acc = acc·exp(m − m') + P·V      (rescale only when the max grew)
 //   out = acc / l;  lse = m + log l;  a row with no visible key has l = 0: out = 0, lse = −inf.
 
+#include "core/half.hpp"
+
 namespace sdpa::kernels::SDPA_KERNEL_NS {
 namespace {
 
 #include "kernels/panel_gemm_impl.hpp"
 #include "kernels/softmax_rows_impl.hpp"
+#if defined(SDPA_KERNEL_BF16_PRODUCTS)
+#include "kernels/bf16_gemm_impl.hpp"
+constexpr bool kBf16Products = true;
+#else
+constexpr bool kBf16Products = false;
+#endif
 
 static_assert(kBlockRows % kMicroRows == 0, "block rows must be whole microkernel row groups");
 static_assert(kBlockKeys % kPanel == 0, "a score tile must be whole key panels");
@@ -39,6 +47,43 @@ struct BlockState {
   float* row_moment;       // u = Σ p·(t − m) per row (entropy telemetry), or null
 };
 
+#if defined(SDPA_KERNEL_BF16_PRODUCTS)
+// Q rows as bf16 (the input's own bits; bf16 inputs only), [padded rows][Dk2], zero padded.
+void pack_queries(const BlockState& st) {
+  const QueryBlock& b = st.block;
+  const std::int64_t dim_k = st.shape.dim_k, dim_k2 = round_up(dim_k, 2);
+  auto* q = reinterpret_cast<std::uint16_t*>(st.q_packed);
+  for (int r = 0; r < st.groups * kMicroRows; ++r) {
+    std::uint16_t* dst = q + r * dim_k2;
+    std::int64_t d = 0;
+    if (r < b.rows) {
+      const std::uint16_t* src = static_cast<const std::uint16_t*>(b.q) + r * b.q_row_stride;
+      for (; d < dim_k; ++d) dst[d] = src[d * b.q_col_stride];
+    }
+    for (; d < dim_k2; ++d) dst[d] = 0;
+  }
+}
+#else
+// Query row r widened to fp32 into dst[0..dim_k).
+void load_query_row(const QueryBlock& b, int r, std::int64_t dim_k, float* dst) {
+  const std::int64_t step = b.q_col_stride;
+  if (b.q_element == Element::f32) {
+    const float* src = static_cast<const float*>(b.q) + r * b.q_row_stride;
+    if (step == 1) {
+      for (std::int64_t d = 0; d < dim_k; ++d) dst[d] = src[d];
+    } else {
+      for (std::int64_t d = 0; d < dim_k; ++d) dst[d] = src[d * step];
+    }
+    return;
+  }
+  const std::uint16_t* src = static_cast<const std::uint16_t*>(b.q) + r * b.q_row_stride;
+  if (b.q_element == Element::bf16) {
+    for (std::int64_t d = 0; d < dim_k; ++d) dst[d] = half::bf16_to_float(src[d * step]);
+  } else {
+    for (std::int64_t d = 0; d < dim_k; ++d) dst[d] = half::f16_to_float(src[d * step]);
+  }
+}
+
 void pack_queries(const BlockState& st) {
   const QueryBlock& b = st.block;
   const std::int64_t dim_k = st.shape.dim_k;
@@ -49,14 +94,10 @@ void pack_queries(const BlockState& st) {
       for (std::int64_t d = 0; d < dim_k; ++d) dst[d] = 0.0f;
       continue;
     }
-    const float* src = b.q + r * b.q_row_stride;
-    if (b.q_col_stride == 1) {
-      for (std::int64_t d = 0; d < dim_k; ++d) dst[d] = src[d];
-    } else {
-      for (std::int64_t d = 0; d < dim_k; ++d) dst[d] = src[d * b.q_col_stride];
-    }
+    load_query_row(b, r, dim_k, dst);
   }
 }
+#endif
 
 constexpr int kBlockGroups = kBlockRows / kMicroRows;
 
@@ -80,8 +121,18 @@ TileRanges tile_ranges(const BlockState& st, std::int64_t t0, std::int64_t n_key
 // values, which logits_row replaces by −inf (they are outside every visible range of the group).
 void compute_scores(const BlockState& st, const TileRanges& tr, std::int64_t t0) {
   const std::int64_t dim_k = st.shape.dim_k;
-  panel_gemm_cols(st.q_packed, dim_k, st.groups * kMicroRows, st.kv.k_panels + t0 * dim_k,
-                  dim_k * kPanel, dim_k, st.scores, kBlockKeys, tr.panel_lo, tr.panel_hi);
+  if constexpr (kBf16Products) {
+#if defined(SDPA_KERNEL_BF16_PRODUCTS)
+    const std::int64_t dim_k2 = round_up(dim_k, 2);
+    bf16_panel_gemm_cols(reinterpret_cast<const std::uint32_t*>(st.q_packed), dim_k2 / 2,
+                         st.groups * kMicroRows,
+                         reinterpret_cast<const std::uint16_t*>(st.kv.k_panels) + t0 * dim_k2,
+                         dim_k2 * kPanel, dim_k2, st.scores, kBlockKeys, tr.panel_lo, tr.panel_hi);
+#endif
+  } else {
+    panel_gemm_cols(st.q_packed, dim_k, st.groups * kMicroRows, st.kv.k_panels + t0 * dim_k,
+                    dim_k * kPanel, dim_k, st.scores, kBlockKeys, tr.panel_lo, tr.panel_hi);
+  }
 }
 
 // Row r's logits over keys [t0, t0 + n_keys) from its raw scores (softmax_rows_impl.hpp).
@@ -134,10 +185,26 @@ void softmax_tile(const BlockState& st, std::int64_t t0, std::int64_t n_keys) {
 // acc += P·V over the keys each row group sees (P is 0 elsewhere). Not over the panel padding
 // past them either: a padding key's value (say NaN in an unused KV-cache slot) must not reach the
 // output as 0·NaN.
+// bf16 products: P is rounded to bf16 in place first (row r's bf16 values in the first half of its
+// fp32 row, so A's row stride is kBlockKeys 32-bit words).
 void accumulate_values(const BlockState& st, const TileRanges& tr, std::int64_t t0) {
-  panel_gemm_depth<false>(st.scores, kBlockKeys, st.groups * kMicroRows,
-                          st.kv.v_panels + t0 * kPanel, st.kv.len_k_padded * kPanel, st.dim_v_pad,
-                          st.acc, st.dim_v_pad, tr.key_lo, tr.key_hi);
+  if constexpr (kBf16Products) {
+#if defined(SDPA_KERNEL_BF16_PRODUCTS)
+    const int rows = st.groups * kMicroRows;
+    std::int64_t used = 0;  // keys of the tile some group multiplies
+    for (int g = 0; g < st.groups; ++g) used = max_i64(used, tr.key_hi[g]);
+    used = round_up(used, kPanel);
+    for (int r = 0; r < rows; ++r) round_row_to_bf16(st.scores + r * kBlockKeys, used);
+    bf16_panel_gemm_depth(reinterpret_cast<const std::uint32_t*>(st.scores), kBlockKeys, rows,
+                          reinterpret_cast<const std::uint16_t*>(st.kv.v_panels) + t0 * kPanel,
+                          st.kv.len_k_padded * kPanel, st.dim_v_pad, st.acc, st.dim_v_pad,
+                          tr.key_lo, tr.key_hi);
+#endif
+  } else {
+    panel_gemm_depth<false>(st.scores, kBlockKeys, st.groups * kMicroRows,
+                            st.kv.v_panels + t0 * kPanel, st.kv.len_k_padded * kPanel,
+                            st.dim_v_pad, st.acc, st.dim_v_pad, tr.key_lo, tr.key_hi);
+  }
 }
 
 void write_outputs(const BlockState& st) {
@@ -147,8 +214,16 @@ void write_outputs(const BlockState& st) {
     // l = 0 exactly when the row saw no key; NaN (from a NaN input) stays NaN.
     const float inv = l == 0.0f ? 0.0f : 1.0f / l;
     const float* acc = st.acc + r * st.dim_v_pad;
-    float* out = b.out + r * b.out_row_stride;
-    for (std::int64_t d = 0; d < st.shape.dim_v; ++d) out[d * b.out_col_stride] = acc[d] * inv;
+    const std::int64_t step = b.out_col_stride;
+    if (b.out_element == Element::f32) {
+      float* out = static_cast<float*>(b.out) + r * b.out_row_stride;
+      for (std::int64_t d = 0; d < st.shape.dim_v; ++d) out[d * step] = acc[d] * inv;
+    } else {
+      std::uint16_t* out = static_cast<std::uint16_t*>(b.out) + r * b.out_row_stride;
+      const bool bf16 = b.out_element == Element::bf16;
+      for (std::int64_t d = 0; d < st.shape.dim_v; ++d)
+        out[d * step] = bf16 ? half::float_to_bf16(acc[d] * inv) : half::float_to_f16(acc[d] * inv);
+    }
     if (b.lse != nullptr)
       b.lse[r * b.lse_stride] = l == 0.0f ? kNegInf : st.row_max[r] + __builtin_logf(l);
     // H = −Σ (p/l)·log(p/l) = log l − u/l with u = Σ p·(t − m).
@@ -223,7 +298,8 @@ void forward_block(const BlockShape& shape, const PackedKeysValues& kv, const Qu
 }  // namespace
 
 const FlashKernel& kernel() {
-  static const FlashKernel k{SDPA_KERNEL_NAME, kPanel, kBlockRows, kBlockKeys, &forward_block};
+  static const FlashKernel k{SDPA_KERNEL_NAME, kPanel, kBlockRows, kBlockKeys, kBf16Products,
+                             &forward_block};
   return k;
 }
 

@@ -13,40 +13,7 @@
 namespace sdpa::kernels::avx512_impl {
 namespace {
 
-struct Simd {
-  using V = __m512;
-  static constexpr int kLanes = 16;
-  static V zero() { return _mm512_setzero_ps(); }
-  static V set1(float x) { return _mm512_set1_ps(x); }
-  static V load(const float* p) { return _mm512_loadu_ps(p); }
-  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
-  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
-  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
-  static V add(V a, V b) { return _mm512_add_ps(a, b); }
-  static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
-  static V max(V a, V b) { return _mm512_max_ps(a, b); }
-  static float reduce_max(V v) { return _mm512_reduce_max_ps(v); }
-  static float reduce_add(V v) { return _mm512_reduce_add_ps(v); }
-
-  // 2^x: x = n + f with n = round(x), |f| ≤ 1/2; 2^f by a degree-6 polynomial (Cephes exp2f
-  // coefficients, relative error < 2 ulp on [−1/2, 1/2]); 2^n by vscalefps. x < −126 gives 0;
-  // NaN propagates (the operand order of max/min keeps NaN).
-  static V exp2(V x) {
-    const V clamped = _mm512_min_ps(_mm512_set1_ps(128.0f), _mm512_max_ps(_mm512_set1_ps(-127.0f), x));
-    const V n = _mm512_roundscale_ps(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const V f = _mm512_sub_ps(clamped, n);
-    V p = _mm512_set1_ps(1.535336188319500e-4f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    const V result = _mm512_scalef_ps(p, n);
-    const __mmask16 underflow = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_LT_OQ);
-    return _mm512_mask_mov_ps(result, underflow, _mm512_setzero_ps());
-  }
-};
+#include "kernels/simd_avx512_impl.hpp"
 
 constexpr int kMicroRows = 12;
 constexpr int kBlockRows = 96;
