@@ -45,6 +45,7 @@ int resolve_threads(int requested);
 struct PeakOptions {
   double seconds = 0.1;  ///< duration of one repetition
   int repeats = 5;       ///< repetitions; the median counts
+  bool bf16 = false;     ///< also the bf16 dot-product peak (vdpbf16ps), where the CPU has it
 };
 
 /// fp32 FMA throughput of `threads` OpenMP threads, each running independent FMA chains.
@@ -58,6 +59,10 @@ struct PeakMeasurement {
   double gflops_512 = 0;  ///< 16-lane vectors (AVX-512F), median of repetitions
   double best_256 = 0;    ///< fastest repetition, 8 lanes
   double best_512 = 0;    ///< fastest repetition, 16 lanes
+  /// bf16 dot products (vdpbf16ps: 2 multiply-adds per fp32 lane) when PeakOptions::bf16 and the
+  /// CPU has AVX512_BF16; 0 otherwise. Median and fastest repetition.
+  double gflops_bf16 = 0;
+  double best_bf16 = 0;
   double gflops() const { return gflops_256 > gflops_512 ? gflops_256 : gflops_512; }
   double best() const { return best_256 > best_512 ? best_256 : best_512; }
 };
@@ -81,18 +86,24 @@ struct AttentionShape {
 /// 4·B·H·L²·D, halved when causal (the convention, not the exact visible-pair count).
 double attention_flops(const AttentionShape& shape);
 
-/// Random inputs in [-1, 1) and an output buffer, each contiguous [B, H, L, D] fp32.
+/// Random inputs in [-1, 1) and an output buffer, each contiguous [B, H, L, D] fp32; with
+/// add_bf16(), also bf16 copies of q, k, v (rounded from the fp32 values) and a bf16 out.
 struct AttentionData {
   AttentionShape shape;
   std::vector<float> q, k, v, out;
+  std::vector<std::uint16_t> q16, k16, v16, out16;
+
+  void add_bf16();
 
   static AttentionData random(const AttentionShape& shape, std::uint64_t seed = 42);
   /// Bytes of q, k, v and out together.
   std::size_t bytes() const;
 };
 
-/// One sdpa::forward call on `data` (causal = top-left when shape.causal).
-sdpa::RunInfo run_sdpa_forward(AttentionData& data, int threads);
+/// One sdpa::forward call on `data` (causal = top-left when shape.causal); `dtype` f32, or bf16
+/// for the bf16 copies (add_bf16 first).
+sdpa::RunInfo run_sdpa_forward(AttentionData& data, int threads,
+                               sdpa::DType dtype = sdpa::DType::f32);
 
 // ---- naive baseline ----------------------------------------------------------------------------
 
@@ -144,6 +155,7 @@ struct GridOptions {
   std::size_t naive_memory_limit = std::size_t{4} << 30;  ///< skip naive beyond this many bytes
   std::vector<std::int64_t> memory_lengths{4096, 16384};  ///< empty = no RSS measurement
   PeakOptions peak;
+  bool bf16 = false;  ///< also bf16 inputs, alternating with the fp32 calls (and the bf16 peak)
 };
 
 struct GridRow {
@@ -159,6 +171,13 @@ struct GridRow {
   /// version whose softmax were free — the floor of the naive ratio.
   double speedup_vs_naive_gemms = 0;
   std::string naive_note;  ///< why naive was skipped
+  // bf16 inputs (GridOptions::bf16): the same shape timed alternating with the fp32 calls.
+  std::optional<Timing> bf16;
+  double bf16_gflops = 0;
+  double bf16_speedup = 0;          ///< fp32 median / bf16 median
+  double bf16_peak_gflops = 0;      ///< fastest bf16 dot-product peak repetition so far
+  double bf16_percent_of_peak = 0;  ///< of bf16_peak_gflops
+  const char* bf16_kernel = "";     ///< "avx512-bf16" (vdpbf16ps) or "widened to fp32"
 };
 
 struct GridReport {
@@ -259,6 +278,7 @@ namespace detail {
 // FMA chains, stores a checksum in *sink so no chain is dead code, and returns the FLOPs it did.
 double fma_chains_256(std::int64_t iterations, float* sink);
 double fma_chains_512(std::int64_t iterations, float* sink);
+double dpbf16_chains_512(std::int64_t iterations, float* sink);  // fma_avx512_bf16.cpp
 }  // namespace detail
 
 }  // namespace sdpa::bench

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "bench/bench.hpp"
+#include "core/isa.hpp"
 
 namespace sdpa::bench {
 namespace {
@@ -21,7 +22,7 @@ double total_seconds(const NaiveSteps& steps) {
 // Per-call seconds of sdpa and (when `scores` is given) naive, alternating call by call so that
 // background load on the machine hits both alike and their ratio stays meaningful.
 struct Samples {
-  std::vector<double> sdpa_s, naive_s;
+  std::vector<double> sdpa_s, naive_s, bf16_s;
   std::vector<NaiveSteps> naive_steps;
 };
 
@@ -32,6 +33,11 @@ Samples sample_interleaved(AttentionData& data, std::span<float> scores,
     double start = now_seconds();
     run_sdpa_forward(data, options.threads);
     if (call >= 0) samples.sdpa_s.push_back(now_seconds() - start);
+    if (options.bf16) {
+      start = now_seconds();
+      run_sdpa_forward(data, options.threads, sdpa::DType::bf16);
+      if (call >= 0) samples.bf16_s.push_back(now_seconds() - start);
+    }
     if (scores.empty()) continue;
     start = now_seconds();
     const NaiveSteps steps = naive_forward(data, scores, options.threads);
@@ -63,8 +69,11 @@ std::string naive_skip_reason(const AttentionShape& shape, std::size_t io_bytes,
   return reason.str();
 }
 
+// The instruction set the grid's calls run with (Options::isa automatic).
+sdpa::Isa report_isa(const GridOptions&) { return sdpa::resolve_isa(sdpa::Isa::automatic); }
+
 GridRow measure_row(AttentionData& data, std::span<float> scores, const GridOptions& options,
-                    double peak_gflops) {
+                    double peak_gflops, double bf16_peak_gflops) {
   GridRow row;
   row.shape = data.shape;
   row.peak_gflops = peak_gflops;
@@ -72,6 +81,16 @@ GridRow measure_row(AttentionData& data, std::span<float> scores, const GridOpti
   row.sdpa = timing_of(samples.sdpa_s);
   row.gflops = attention_flops(row.shape) / row.sdpa.median_s * 1e-9;
   row.percent_of_peak = peak_gflops > 0 ? 100.0 * row.gflops / peak_gflops : 0;
+  if (options.bf16) {
+    row.bf16 = timing_of(samples.bf16_s);
+    row.bf16_gflops = attention_flops(row.shape) / row.bf16->median_s * 1e-9;
+    row.bf16_speedup = row.sdpa.median_s / row.bf16->median_s;
+    row.bf16_peak_gflops = bf16_peak_gflops;
+    row.bf16_percent_of_peak =
+        bf16_peak_gflops > 0 ? 100.0 * row.bf16_gflops / bf16_peak_gflops : 0;
+    row.bf16_kernel =
+        sdpa::uses_bf16_products(report_isa(options)) ? "avx512-bf16" : "widened to fp32";
+  }
   if (!options.naive) {
     row.naive_note = "naive disabled (--no-naive)";
   } else if (scores.empty()) {
@@ -108,9 +127,11 @@ GridReport run_grid(const GridOptions& requested,
     report.memory.push_back(measure_forward_memory(
         {options.batch, options.heads, length, options.dim, false}, options.threads));
   report.load_average = load_average();
-  double best_peak = 0;  // GFLOP/s, the fastest peak repetition so far
+  double best_peak = 0, best_bf16_peak = 0;  // GFLOP/s, the fastest peak repetitions so far
+  options.peak.bf16 = options.bf16;
   for (std::int64_t length : options.lengths) {
     AttentionData data = AttentionData::random({options.batch, options.heads, length, options.dim});
+    if (options.bf16) data.add_bf16();
     // One L×L score matrix per length, shared by the causal and non-causal runs.
     std::unique_ptr<float[]> scores;
     std::size_t scores_floats = 0;
@@ -123,7 +144,9 @@ GridReport run_grid(const GridOptions& requested,
       const PeakMeasurement peak = measure_fma_peak(options.threads, options.peak);
       if (report.rows.empty()) report.peak = peak;
       best_peak = std::max(best_peak, peak.best());
-      report.rows.push_back(measure_row(data, {scores.get(), scores_floats}, options, best_peak));
+      best_bf16_peak = std::max(best_bf16_peak, peak.best_bf16);
+      report.rows.push_back(
+          measure_row(data, {scores.get(), scores_floats}, options, best_peak, best_bf16_peak));
       if (on_row) on_row(report);
     }
   }

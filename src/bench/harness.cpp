@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "bench/bench.hpp"
+#include "core/half.hpp"
 
 namespace sdpa::bench {
 
@@ -80,18 +81,35 @@ std::size_t AttentionData::bytes() const {
   return (q.size() + k.size() + v.size() + out.size()) * sizeof(float);
 }
 
-sdpa::RunInfo run_sdpa_forward(AttentionData& data, int threads) {
+void AttentionData::add_bf16() {
+  const auto rounded = [](const std::vector<float>& values) {
+    std::vector<std::uint16_t> bits(values.size());
+    for (std::size_t i = 0; i < values.size(); ++i) bits[i] = half::float_to_bf16(values[i]);
+    return bits;
+  };
+  q16 = rounded(q);
+  k16 = rounded(k);
+  v16 = rounded(v);
+  out16.assign(out.size(), 0);
+}
+
+sdpa::RunInfo run_sdpa_forward(AttentionData& data, int threads, sdpa::DType dtype) {
   const AttentionShape& s = data.shape;
-  const auto view = [&s](std::vector<float>& values) {
-    return sdpa::Tensor::contiguous(values.data(), sdpa::DType::f32,
-                                    {s.batch, s.heads, s.length, s.dim});
+  const auto view = [&s](auto& values, sdpa::DType type) {
+    return sdpa::Tensor::contiguous(values.data(), type, {s.batch, s.heads, s.length, s.dim});
   };
   sdpa::Options options;
   options.causal = s.causal ? sdpa::Causal::top_left : sdpa::Causal::none;
   options.threads = threads;
   sdpa::Outputs outputs;
-  outputs.out = view(data.out);
-  return sdpa::forward(view(data.q), view(data.k), view(data.v), options, outputs);
+  if (dtype == sdpa::DType::bf16) {
+    outputs.out = view(data.out16, dtype);
+    return sdpa::forward(view(data.q16, dtype), view(data.k16, dtype), view(data.v16, dtype),
+                         options, outputs);
+  }
+  outputs.out = view(data.out, sdpa::DType::f32);
+  return sdpa::forward(view(data.q, dtype), view(data.k, dtype), view(data.v, dtype), options,
+                       outputs);
 }
 
 }  // namespace sdpa::bench

@@ -78,6 +78,9 @@ PeakMeasurement measure_fma_peak(int threads, const PeakOptions& options) {
   if (has_avx512)
     std::tie(peak.gflops_512, peak.best_512) =
         measure_kernel(detail::fma_chains_512, peak.threads, options);
+  if (options.bf16 && has_avx512 && __builtin_cpu_supports("avx512bf16"))
+    std::tie(peak.gflops_bf16, peak.best_bf16) =
+        measure_kernel(detail::dpbf16_chains_512, peak.threads, options);
   return peak;
 }
 

@@ -37,6 +37,13 @@ void print_peak_table(std::ostream& os, const std::vector<PeakMeasurement>& peak
     os << format("%7d   %15.1f   %15.1f   %12.1f   %10.1f   %10s   %11.1f\n", p.threads,
                  p.gflops_256, p.gflops_512, p.gflops(), p.gflops() / p.threads,
                  ratio_text(p.gflops(), single).c_str(), p.best());
+  if (peaks.empty() || peaks.front().gflops_bf16 <= 0) return;
+  os << "\nbf16 dot-product peak (independent vdpbf16ps chains, 64 FLOPs each, median of "
+        "repetitions)\n";
+  os << "threads   bf16 GFLOP/s   x fp32 peak   fastest rep\n";
+  for (const PeakMeasurement& p : peaks)
+    os << format("%7d   %12.1f   %11s   %11.1f\n", p.threads, p.gflops_bf16,
+                 ratio_text(p.gflops_bf16, p.gflops()).c_str(), p.best_bf16);
 }
 
 void print_grid_header(std::ostream& os, const GridReport& report) {
@@ -51,6 +58,11 @@ void print_grid_header(std::ostream& os, const GridReport& report) {
       "FMA peak at %d threads: 256-bit %.1f, 512-bit %.1f -> peak %.1f GFLOP/s (median); "
       "fastest repetition %.1f\n",
       p.threads, p.gflops_256, p.gflops_512, p.gflops(), p.best());
+  if (o.bf16)
+    os << format(
+        "bf16 dot-product peak (vdpbf16ps) at %d threads: %.1f GFLOP/s (median), fastest "
+        "%.1f; bf16 rows: bf16 q, k, v and out, calls alternating with fp32\n",
+        p.threads, p.gflops_bf16, p.best_bf16);
   os << "measured again before every row; % peak is against column 'peak', the fastest repetition "
         "so far\n";
   if (report.load_average > 0.5)
@@ -79,7 +91,14 @@ void print_grid_row(std::ostream& os, const GridRow& row) {
   } else {
     os << "           -         -         -   " << row.naive_note;
   }
-  os << "\n" << std::flush;
+  os << "\n";
+  if (row.bf16)
+    os << format(
+        "           bf16  %9.2f  %9.1f  %6.1f  %6.1f%%   %.2fx fp32 (%s; %% of the bf16 "
+        "dot-product peak)\n",
+        row.bf16->median_s * 1e3, row.bf16_gflops, row.bf16_peak_gflops, row.bf16_percent_of_peak,
+        row.bf16_speedup, row.bf16_kernel);
+  os << std::flush;
 }
 
 void print_memory(std::ostream& os, const std::vector<MemoryMeasurement>& memory) {
@@ -112,6 +131,12 @@ void print_targets(std::ostream& os, const GridReport& report) {
       os << format(", %.2fx naive (>= 3x: %s; %.2fx its sgemms alone)", row.speedup_vs_naive,
                    row.speedup_vs_naive >= 3.0 ? "met" : "MISSED", row.speedup_vs_naive_gemms);
     os << "  [" << report.options.threads << " threads]\n";
+    if (row.bf16)
+      os << format(
+          "target L=4096 causal %-3s bf16: %.2fx the fp32 forward (>= 1.6x: %s), "
+          "%.1f%% of the bf16 dot-product peak  [%s]\n",
+          row.shape.causal ? "on" : "off", row.bf16_speedup,
+          row.bf16_speedup >= 1.6 ? "met" : "MISSED", row.bf16_percent_of_peak, row.bf16_kernel);
   }
 }
 

@@ -29,15 +29,17 @@ struct BenchArgs {
   std::int64_t heads_kv = 8;
   bool heads_given = false;  // --decode defaults to Hq = 32 (the shape)
   double bandwidth_mib = 1024;
+  std::string dtype = "f32";
 };
 
 using nlohmann::json;
 
 json peak_json(const bench::PeakMeasurement& p) {
-  return {{"threads", p.threads},          {"gflops_256", p.gflops_256},
-          {"gflops_512", p.gflops_512},    {"gflops", p.gflops()},
-          {"best_gflops_256", p.best_256}, {"best_gflops_512", p.best_512},
-          {"best_gflops", p.best()}};
+  return {{"threads", p.threads},           {"gflops_256", p.gflops_256},
+          {"gflops_512", p.gflops_512},     {"gflops", p.gflops()},
+          {"best_gflops_256", p.best_256},  {"best_gflops_512", p.best_512},
+          {"best_gflops", p.best()},        {"gflops_bf16", p.gflops_bf16},
+          {"best_gflops_bf16", p.best_bf16}};
 }
 
 json row_json(const bench::GridRow& r) {
@@ -59,6 +61,13 @@ json row_json(const bench::GridRow& r) {
   } else {
     row["naive_note"] = r.naive_note;
   }
+  if (r.bf16)
+    row["bf16"] = {{"time_ms", r.bf16->median_s * 1e3},
+                   {"gflops", r.bf16_gflops},
+                   {"speedup_vs_fp32", r.bf16_speedup},
+                   {"bf16_peak_gflops", r.bf16_peak_gflops},
+                   {"percent_of_bf16_peak", r.bf16_percent_of_peak},
+                   {"kernel", r.bf16_kernel}};
   return row;
 }
 
@@ -118,6 +127,7 @@ bench::GridOptions grid_options(const BenchArgs& a) {
   else
     fail("--causal = '", a.causal, "': expected both, on or off");
   o.naive = !a.no_naive;
+  o.bf16 = a.dtype == "bf16";
   if (!(a.naive_limit_gib >= 0)) fail("--naive-limit-gib = ", a.naive_limit_gib, ": expected >= 0");
   o.naive_memory_limit = static_cast<std::size_t>(a.naive_limit_gib * 1024 * 1024 * 1024);
   return o;
@@ -125,8 +135,10 @@ bench::GridOptions grid_options(const BenchArgs& a) {
 
 void run_peak(const BenchArgs& a) {
   std::vector<bench::PeakMeasurement> peaks;
+  bench::PeakOptions options;
+  options.bf16 = true;
   for (int threads = 1; threads <= bench::resolve_threads(a.threads); ++threads)
-    peaks.push_back(bench::measure_fma_peak(threads));
+    peaks.push_back(bench::measure_fma_peak(threads, options));
   if (a.json) {
     json rows = json::array();
     for (const bench::PeakMeasurement& p : peaks) rows.push_back(peak_json(p));
@@ -257,9 +269,16 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--naive-limit-gib", args->naive_limit_gib,
                   "skip the naive version where its L x L scores + inputs exceed this")
       ->capture_default_str();
+  cmd->add_option("--dtype", args->dtype,
+                  "f32, or bf16: every row also times bf16 inputs (alternating with fp32) against "
+                  "the bf16 dot-product peak")
+      ->check(CLI::IsMember({"f32", "bf16"}))
+      ->capture_default_str();
   cmd->add_flag("--no-naive", args->no_naive, "skip the naive OpenBLAS baseline");
   cmd->add_flag("--no-memory", args->no_memory, "skip the RSS measurement");
-  cmd->add_flag("--peak", args->peak_only, "only measure the fp32 FMA peak per thread count 1..N");
+  cmd->add_flag(
+      "--peak", args->peak_only,
+      "only measure the fp32 FMA peak (and the bf16 dot-product peak) per thread count 1..N");
   cmd->add_flag("--json", args->json, "print one JSON object instead of tables");
   cmd->add_flag("--bandwidth", args->bandwidth_only,
                 "only measure the streaming read bandwidth (GB/s) at --threads");
