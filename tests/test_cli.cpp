@@ -237,6 +237,116 @@ TEST_F(Cli, RunAcceptsF64Inputs) {
                                         refs.naive32.out, refs.ref64.out));
 }
 
+// ---- bf16 / f16 inputs -----------------------------------------------------------------------
+
+// q, k, v of `x` rounded to `dtype` (16-bit patterns) and the library's output on them, computed
+// in-process with `out_dtype` (the CLI must give the very same bits: same kernels, any threads).
+struct Native16 {
+  std::vector<std::uint16_t> q, k, v, out;
+  std::vector<float> out32;
+};
+
+Native16 native_16bit(const Qkv& x, DType dtype, DType out_dtype) {
+  Native16 n;
+  for (float f : x.q) n.q.push_back(sdpa::test::narrow(dtype, f));
+  for (float f : x.k) n.k.push_back(sdpa::test::narrow(dtype, f));
+  for (float f : x.v) n.v.push_back(sdpa::test::narrow(dtype, f));
+  const Shape o_shape{x.q_shape[0], x.q_shape[1], x.q_shape[2], x.v_shape[3]};
+  n.out.assign(numel(o_shape), 0);
+  n.out32.assign(numel(o_shape), 0.0f);
+  const auto as = [](auto& values, const Shape& shape, DType type) {
+    std::vector<float> no_data;
+    sdpa::Tensor t = view(no_data, shape);  // contiguous shape and strides
+    t.data = values.data();
+    t.dtype = type;
+    return t;
+  };
+  sdpa::Outputs outputs;
+  outputs.out =
+      out_dtype == DType::f32 ? as(n.out32, o_shape, DType::f32) : as(n.out, o_shape, dtype);
+  sdpa::forward(as(n.q, x.q_shape, dtype), as(n.k, x.k_shape, dtype), as(n.v, x.v_shape, dtype), {},
+                outputs);
+  return n;
+}
+
+TEST_F(Cli, RunBf16StoredAsU2WithDtypeFlagWritesBf16Out) {
+  const Qkv x = random_qkv(1, 4, 2, 37, 45, 16, 24, 11);
+  const Native16 n = native_16bit(x, DType::bf16, DType::bf16);
+  write("q.npy", array_of(DType::bf16, x.q_shape, n.q));  // written as '<u2'
+  write("k.npy", array_of(DType::bf16, x.k_shape, n.k));
+  write("v.npy", array_of(DType::bf16, x.v_shape, n.v));
+  EXPECT_NE(read_text(path("q.npy")).find("'<u2'"), std::string::npos);
+  const CliResult plain = run(qkv_arguments());  // '<u2' without the flag is not a float array
+  EXPECT_NE(plain.exit_code, 0);
+  EXPECT_FALSE(fs::exists(path("out.npy")));
+  const CliResult r = run(qkv_arguments() + " --dtype bf16 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["dtype"], "bf16");
+  EXPECT_NE(read_text(path("out.npy")).find("'<u2'"), std::string::npos);
+  sdpa::npy::ReadOptions as_bf16;
+  as_bf16.u2_as_bf16 = true;
+  const sdpa::npy::Array out = sdpa::npy::read(path("out.npy"), as_bf16);
+  ASSERT_EQ(out.dtype, DType::bf16);
+  EXPECT_EQ(out.shape, (Shape{1, 4, 37, 24}));
+  ASSERT_EQ(out.data.size(), n.out.size() * 2);
+  EXPECT_EQ(std::memcmp(out.data.data(), n.out.data(), out.data.size()), 0);
+}
+
+TEST_F(Cli, RunF16InputsWriteF16OutOrF32OnRequest) {
+  const Qkv x = random_qkv(2, 2, 1, 21, 30, 8, 8, 12);
+  const Native16 n16 = native_16bit(x, DType::f16, DType::f16);
+  const Native16 n32 = native_16bit(x, DType::f16, DType::f32);
+  write("q.npy", array_of(DType::f16, x.q_shape, n16.q));
+  write("k.npy", array_of(DType::f16, x.k_shape, n16.k));
+  write("v.npy", array_of(DType::f16, x.v_shape, n16.v));
+  ASSERT_EQ(run(qkv_arguments()).exit_code, 0);
+  const sdpa::npy::Array out = sdpa::npy::read(path("out.npy"));
+  ASSERT_EQ(out.dtype, DType::f16);
+  ASSERT_EQ(out.data.size(), n16.out.size() * 2);
+  EXPECT_EQ(std::memcmp(out.data.data(), n16.out.data(), out.data.size()), 0);
+  ASSERT_EQ(run(qkv_arguments("out32.npy") + " --out-dtype f32").exit_code, 0);
+  const sdpa::npy::Array out32 = sdpa::npy::read(path("out32.npy"));
+  ASSERT_EQ(out32.dtype, DType::f32);
+  EXPECT_TRUE(sdpa::test::bitwise_equal(values_f32(out32), n32.out32));
+  // A mix of f16 and f32 inputs runs in f32 (f32 out), as before 16-bit support.
+  write_f32("k.npy", x.k_shape, x.k);
+  ASSERT_EQ(run(qkv_arguments("mixed.npy")).exit_code, 0);
+  EXPECT_EQ(sdpa::npy::read(path("mixed.npy")).dtype, DType::f32);
+}
+
+TEST_F(Cli, GradBf16WritesBf16GradientsOrF32OnRequest) {
+  const Qkv x = random_qkv(1, 2, 1, 13, 17, 8, 8, 13);
+  const Native16 n = native_16bit(x, DType::bf16, DType::bf16);
+  write("q.npy", array_of(DType::bf16, x.q_shape, n.q));
+  write("k.npy", array_of(DType::bf16, x.k_shape, n.k));
+  write("v.npy", array_of(DType::bf16, x.v_shape, n.v));
+  write("do.npy", array_of(DType::bf16, x.q_shape, n.q));  // dout: any [B, Hq, Lq, Dv] values
+  const std::string args = "grad --dtype bf16 --q '" + path("q.npy") + "' --k '" + path("k.npy") +
+                           "' --v '" + path("v.npy") + "' --dout '" + path("do.npy") + "'";
+  const CliResult r = run(args + " --dq '" + path("dq.npy") + "' --dk '" + path("dk.npy") +
+                          "' --dv '" + path("dv.npy") + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  sdpa::npy::ReadOptions as_bf16;
+  as_bf16.u2_as_bf16 = true;
+  const sdpa::npy::Array dq = sdpa::npy::read(path("dq.npy"), as_bf16);
+  EXPECT_EQ(dq.dtype, DType::bf16);
+  ASSERT_EQ(run(args + " --out-dtype f32 --dq '" + path("dq32.npy") + "' --dk '" +
+                path("dk32.npy") + "' --dv '" + path("dv32.npy") + "'")
+                .exit_code,
+            0);
+  const sdpa::npy::Array dq32 = sdpa::npy::read(path("dq32.npy"));
+  ASSERT_EQ(dq32.dtype, DType::f32);
+  // The bf16 gradients are the f32 ones rounded to bf16 (the backward widens to fp32).
+  const std::vector<float> wide = values_f32(dq32), narrow = values_f32(dq);
+  ASSERT_EQ(wide.size(), narrow.size());
+  bool any_nonzero = false;
+  for (std::size_t i = 0; i < wide.size(); ++i) {
+    EXPECT_EQ(narrow[i], sdpa::test::round_to(DType::bf16, wide[i])) << i;
+    any_nonzero |= wide[i] != 0.0f;
+  }
+  EXPECT_TRUE(any_nonzero);
+}
+
 TEST_F(Cli, RunAcceptsFortranOrderInputs) {
   const Qkv x = random_qkv(2, 3, 1, 5, 7, 4, 6, 3);
   write_fortran_f32(work_ / "q.npy", x.q_shape, x.q);

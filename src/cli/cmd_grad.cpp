@@ -43,6 +43,8 @@ struct GradArgs {
   int threads = 0;
   bool json = false;
   bool u2_as_bf16 = false;
+  std::string dtype = "auto";       // --dtype bf16: read '<u2' as bf16
+  std::string out_dtype = "input";  // --out-dtype f32: gradients in f32 for bf16 / f16 inputs
 };
 
 // Everything in Options that does not need the input arrays.
@@ -91,21 +93,34 @@ auto in_flag_terms(const GradArgs& a, Call&& call) {
 
 // The arrays the tensors view: they must outlive the calls.
 struct Inputs {
-  npy::Array q, k, v, dout;              // f32
-  std::optional<npy::Array> out, lse;    // f32, when given
+  npy::Array q, k, v, dout;              // f32, or all four bf16 / all four f16
+  std::optional<npy::Array> out, lse;    // when given: out f32 or the inputs' dtype, lse f32
   std::optional<npy::Array> mask, bias;  // bool, f32
   std::vector<std::int32_t> key_lengths, query_lengths;
 };
 
 Inputs read_inputs(const GradArgs& args) {
   npy::ReadOptions read_options;
-  read_options.u2_as_bf16 = args.u2_as_bf16;
+  read_options.u2_as_bf16 = args.u2_as_bf16 || args.dtype == "bf16";
   Inputs in;
-  in.q = read_f32(args.q, "--q", read_options);
-  in.k = read_f32(args.k, "--k", read_options);
-  in.v = read_f32(args.v, "--v", read_options);
-  in.dout = read_f32(args.dout, "--dout", read_options);
-  if (!args.out.empty()) in.out = read_f32(args.out, "--out", read_options);
+  in.q = read_float(args.q, "--q", read_options);
+  in.k = read_float(args.k, "--k", read_options);
+  in.v = read_float(args.v, "--v", read_options);
+  in.dout = read_float(args.dout, "--dout", read_options);
+  // bf16 / f16 run natively when q, k, v and dout share the dtype; any other mix in f32.
+  const DType dtype = in.q.dtype;
+  const bool native = (dtype == DType::bf16 || dtype == DType::f16) && in.k.dtype == dtype &&
+                      in.v.dtype == dtype && in.dout.dtype == dtype;
+  if (!native) {
+    in.q = as_f32(std::move(in.q));
+    in.k = as_f32(std::move(in.k));
+    in.v = as_f32(std::move(in.v));
+    in.dout = as_f32(std::move(in.dout));
+  }
+  if (!args.out.empty()) {
+    in.out = read_float(args.out, "--out", read_options);
+    if (!(native && in.out->dtype == dtype)) in.out = as_f32(std::move(*in.out));
+  }
   if (!args.lse.empty()) in.lse = read_f32(args.lse, "--lse", read_options);
   if (!args.mask.empty()) in.mask = read_mask(args.mask);
   if (!args.bias.empty()) in.bias = read_f32(args.bias, "--bias", read_options);
@@ -125,7 +140,7 @@ void attach_inputs(Inputs& in, Options& options) {
 // ---- the computation --------------------------------------------------------------------------
 
 struct Results {
-  npy::Array dq, dk, dv;            // f32, shapes of q, k, v
+  npy::Array dq, dk, dv;            // shapes of q, k, v: the inputs' dtype, or f32 (--out-dtype)
   std::optional<npy::Array> dbias;  // f32, shape of the bias
   float dscale = 0;
   RunInfo info;                      // of the backward
@@ -135,9 +150,10 @@ struct Results {
 
 Results allocate_results(const Problem& p, const Inputs& in, const GradArgs& args) {
   Results r;
-  r.dq = zeros_f32({p.batch, p.heads_q, p.len_q, p.dim_k});
-  r.dk = zeros_f32({p.batch, p.heads_kv, p.len_k, p.dim_k});
-  r.dv = zeros_f32({p.batch, p.heads_kv, p.len_k, p.dim_v});
+  const DType dtype = args.out_dtype == "f32" ? DType::f32 : p.dtype;
+  r.dq = zeros({p.batch, p.heads_q, p.len_q, p.dim_k}, dtype);
+  r.dk = zeros({p.batch, p.heads_kv, p.len_k, p.dim_k}, dtype);
+  r.dv = zeros({p.batch, p.heads_kv, p.len_k, p.dim_v}, dtype);
   if (!args.dbias.empty() && in.bias) r.dbias = zeros_f32(in.bias->shape);
   return r;
 }
@@ -271,9 +287,10 @@ void add_options(CLI::App& cmd, GradArgs& a) {
   cmd.add_option("--out", a.out,
                  "the forward's out .npy [B, Hq, Lq, Dv] (with --lse; else computed)");
   cmd.add_option("--lse", a.lse, "the forward's lse .npy [B, Hq, Lq] (with --out; else computed)");
-  cmd.add_option("--dq", a.dq, "output dL/dq .npy, f32 [B, Hq, Lq, Dk]")->required();
-  cmd.add_option("--dk", a.dk, "output dL/dk .npy, f32 [B, Hkv, Lk, Dk]")->required();
-  cmd.add_option("--dv", a.dv, "output dL/dv .npy, f32 [B, Hkv, Lk, Dv]")->required();
+  cmd.add_option("--dq", a.dq, "output dL/dq .npy [B, Hq, Lq, Dk] (dtype: see --out-dtype)")
+      ->required();
+  cmd.add_option("--dk", a.dk, "output dL/dk .npy [B, Hkv, Lk, Dk]")->required();
+  cmd.add_option("--dv", a.dv, "output dL/dv .npy [B, Hkv, Lk, Dv]")->required();
   cmd.add_option("--dbias", a.dbias, "output dL/d(bias) .npy, f32, the shape of --bias");
   cmd.add_option("--causal", a.causal, "causal alignment")
       ->check(CLI::IsMember(causal_choices))
@@ -291,6 +308,14 @@ void add_options(CLI::App& cmd, GradArgs& a) {
       ->capture_default_str();
   cmd.add_flag("--json", a.json, "print one JSON object instead of the text summary");
   cmd.add_flag("--u2-as-bf16", a.u2_as_bf16, "read '<u2' arrays as bfloat16 bit patterns");
+  cmd.add_option("--dtype", a.dtype,
+                 "bf16: read '<u2' arrays as bfloat16 bit patterns (same as --u2-as-bf16); "
+                 "q, k, v, dout of one 16-bit dtype run in it, any other mix in f32")
+      ->check(CLI::IsMember({"auto", "bf16"}))
+      ->capture_default_str();
+  cmd.add_option("--out-dtype", a.out_dtype, "input: dq, dk, dv in the dtype of q, k, v; f32")
+      ->check(CLI::IsMember({"input", "f32"}))
+      ->capture_default_str();
 }
 
 }  // namespace

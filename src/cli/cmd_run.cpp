@@ -2,7 +2,8 @@
 //
 //   sdpa run --q q.npy --k k.npy --v v.npy --out o.npy [options]
 //
-// Flow: parse the flag values → read every input (converted to f32) → validate shapes → allocate
+// Flow: parse the flag values → read every input (q, k, v kept in bf16 / f16 when all three share
+// that dtype, otherwise converted to f32) → validate shapes → allocate
 // the outputs → forward (--repeat times, median time) → write the outputs → print a summary.
 // Outputs are written only after every computation succeeded, each atomically (npy::write), so a
 // failing run leaves no output file behind and an existing one untouched.
@@ -43,6 +44,8 @@ struct RunArgs {
   int repeat = 1;
   bool json = false;
   bool u2_as_bf16 = false;
+  std::string dtype = "auto";      // --dtype bf16: read '<u2' as bf16
+  std::string out_dtype = "input";  // --out-dtype f32: out in f32 for bf16 / f16 inputs
 };
 
 // Parses one side of --window: an integer >= -1.
@@ -90,7 +93,7 @@ Options scalar_options(const RunArgs& args) {
 
 // The arrays the tensors view: they must outlive the forward calls.
 struct Inputs {
-  npy::Array q, k, v;              // f32
+  npy::Array q, k, v;              // f32, or all three bf16 / all three f16
   std::optional<npy::Array> mask;  // bool
   std::optional<npy::Array> bias;  // f32
   std::vector<std::int32_t> key_lengths, query_lengths;
@@ -101,23 +104,35 @@ void check_rank_at_most_4(const npy::Array& array, const char* flag, const std::
     fail(flag, " ", path, ": rank ", array.shape.size(), ": expected at most 4 ([B, H, L, D])");
 }
 
-// Reads a floating-point array and converts it to f32 (the kernels' input type).
-npy::Array read_f32(const std::string& path, const char* flag,
-                    const npy::ReadOptions& read_options) {
+// Reads a floating-point array (f32, f64, f16 or bf16) as stored.
+npy::Array read_float(const std::string& path, const char* flag,
+                      const npy::ReadOptions& read_options) {
   npy::Array array = npy::read(path, read_options);
   check_rank_at_most_4(array, flag, path);
   switch (array.dtype) {
     case DType::f32:
-      return array;
     case DType::f64:
     case DType::f16:
     case DType::bf16:
-      return npy::from_f32(array.shape, npy::to_f32(array).data());
+      return array;
     default:
       fail(flag, " ", path, ": dtype ", dtype_name(array.dtype),
            ": expected a floating-point array (f32, f64, f16 or bf16)");
   }
 }
+
+npy::Array as_f32(npy::Array array) {
+  if (array.dtype == DType::f32) return array;
+  return npy::from_f32(array.shape, npy::to_f32(array).data());
+}
+
+// Reads a floating-point array and converts it to f32.
+npy::Array read_f32(const std::string& path, const char* flag,
+                    const npy::ReadOptions& read_options) {
+  return as_f32(read_float(path, flag, read_options));
+}
+
+bool is_16bit(DType dtype) { return dtype == DType::bf16 || dtype == DType::f16; }
 
 npy::Array read_mask(const std::string& path) {
   npy::Array array = npy::read(path);
@@ -153,11 +168,17 @@ std::vector<std::int32_t> read_lengths(const std::string& path, const char* flag
 
 Inputs read_inputs(const RunArgs& args) {
   npy::ReadOptions read_options;
-  read_options.u2_as_bf16 = args.u2_as_bf16;
+  read_options.u2_as_bf16 = args.u2_as_bf16 || args.dtype == "bf16";
   Inputs in;
-  in.q = read_f32(args.q, "--q", read_options);
-  in.k = read_f32(args.k, "--k", read_options);
-  in.v = read_f32(args.v, "--v", read_options);
+  in.q = read_float(args.q, "--q", read_options);
+  in.k = read_float(args.k, "--k", read_options);
+  in.v = read_float(args.v, "--v", read_options);
+  // bf16 / f16 run natively when q, k and v share the dtype; any other mix is computed in f32.
+  if (!(is_16bit(in.q.dtype) && in.k.dtype == in.q.dtype && in.v.dtype == in.q.dtype)) {
+    in.q = as_f32(std::move(in.q));
+    in.k = as_f32(std::move(in.k));
+    in.v = as_f32(std::move(in.v));
+  }
   if (!args.mask.empty()) in.mask = read_mask(args.mask);
   if (!args.bias.empty()) in.bias = read_f32(args.bias, "--bias", read_options);
   if (!args.key_lengths.empty()) in.key_lengths = read_lengths(args.key_lengths, "--key-lengths");
@@ -214,18 +235,22 @@ auto with_flag_context(const RunArgs& args, Call&& call) {
 // ---- outputs and the computation --------------------------------------------------------------
 
 struct Results {
-  npy::Array out;                     // f32 [B, Hq, Lq, Dv]
+  npy::Array out;                     // [B, Hq, Lq, Dv]: the inputs' dtype, or f32 (--out-dtype)
   std::optional<npy::Array> lse;      // f32 [B, Hq, Lq]
   std::optional<npy::Array> weights;  // f32 [B, Hq, Lq, Lk]
   std::optional<npy::Array> entropy;  // f32 [B, Hq, Lq]
 };
 
-npy::Array zeros_f32(std::vector<std::int64_t> shape) {
+npy::Array zeros(std::vector<std::int64_t> shape, DType dtype) {
   npy::Array array;
-  array.dtype = DType::f32;
+  array.dtype = dtype;
   array.shape = std::move(shape);
-  array.data.resize(static_cast<std::size_t>(array.numel()) * sizeof(float));
+  array.data.resize(static_cast<std::size_t>(array.numel()) * dtype_size(dtype));
   return array;
+}
+
+npy::Array zeros_f32(std::vector<std::int64_t> shape) {
+  return zeros(std::move(shape), DType::f32);
 }
 
 Results allocate_results(const Problem& p, const RunArgs& args) {
@@ -236,7 +261,8 @@ Results allocate_results(const Problem& p, const RunArgs& args) {
   if (!args.entropy.empty()) planned.push_back({"--entropy " + args.entropy, {p.batch, p.heads_q, p.len_q}});
   check_outputs_fit(planned);
   Results r;
-  r.out = zeros_f32({p.batch, p.heads_q, p.len_q, p.dim_v});
+  const DType out_dtype = args.out_dtype == "f32" ? DType::f32 : p.dtype;
+  r.out = zeros({p.batch, p.heads_q, p.len_q, p.dim_v}, out_dtype);
   if (!args.lse.empty()) r.lse = zeros_f32({p.batch, p.heads_q, p.len_q});
   if (!args.weights.empty()) r.weights = zeros_f32({p.batch, p.heads_q, p.len_q, p.len_k});
   if (!args.entropy.empty()) r.entropy = zeros_f32({p.batch, p.heads_q, p.len_q});
@@ -302,6 +328,8 @@ nlohmann::ordered_json summary_json(const Problem& p, const RunArgs& args, const
         {"bias", path_or_null(args.bias)},
         {"key_lengths", path_or_null(args.key_lengths)},
         {"query_lengths", path_or_null(args.query_lengths)}}},
+      {"dtype", dtype_name(p.dtype)},
+      {"out_dtype", dtype_name(args.out_dtype == "f32" ? DType::f32 : p.dtype)},
       {"isa", isa_name(timing.info.isa)},
       {"threads", timing.info.threads},
       {"repeat", args.repeat},
@@ -361,7 +389,9 @@ void add_options(CLI::App& cmd, RunArgs& a) {
   cmd.add_option("--q", a.q, "queries .npy [B, Hq, Lq, Dk] (f32, f64, f16, bf16)")->required();
   cmd.add_option("--k", a.k, "keys .npy [B, Hkv, Lk, Dk]")->required();
   cmd.add_option("--v", a.v, "values .npy [B, Hkv, Lk, Dv]")->required();
-  cmd.add_option("--out", a.out, "output .npy, f32 [B, Hq, Lq, Dv]")->required();
+  cmd.add_option("--out", a.out,
+                 "output .npy [B, Hq, Lq, Dv]: f32, or bf16 / f16 like q, k, v (see --out-dtype)")
+      ->required();
   cmd.add_option("--causal", a.causal, "causal alignment")
       ->check(CLI::IsMember(causal_choices))
       ->capture_default_str();
@@ -385,6 +415,16 @@ void add_options(CLI::App& cmd, RunArgs& a) {
       ->capture_default_str();
   cmd.add_flag("--json", a.json, "print one JSON object instead of the text summary");
   cmd.add_flag("--u2-as-bf16", a.u2_as_bf16, "read '<u2' arrays as bfloat16 bit patterns");
+  cmd.add_option("--dtype", a.dtype,
+                 "bf16: read '<u2' arrays as bfloat16 bit patterns (same as --u2-as-bf16); "
+                 "q, k, v of one 16-bit dtype run in it, any other mix in f32")
+      ->check(CLI::IsMember({"auto", "bf16"}))
+      ->capture_default_str();
+  cmd.add_option("--out-dtype", a.out_dtype,
+                 "input: out in the dtype of q, k, v (bf16 '<u2' / f16 '<f2' for 16-bit "
+                 "inputs); f32")
+      ->check(CLI::IsMember({"input", "f32"}))
+      ->capture_default_str();
 }
 
 }  // namespace

@@ -66,22 +66,33 @@ inline void check_rank_at_most_4(const npy::Array& array, const char* flag,
     fail(flag, " ", path, ": rank ", array.shape.size(), ": expected at most 4 ([B, H, L, D])");
 }
 
-/// A floating-point array (f32, f64, f16, bf16) converted to f32.
-inline npy::Array read_f32(const std::string& path, const char* flag,
-                           const npy::ReadOptions& read_options) {
+/// A floating-point array (f32, f64, f16, bf16) as stored.
+inline npy::Array read_float(const std::string& path, const char* flag,
+                             const npy::ReadOptions& read_options) {
   npy::Array array = npy::read(path, read_options);
   check_rank_at_most_4(array, flag, path);
   switch (array.dtype) {
     case DType::f32:
-      return array;
     case DType::f64:
     case DType::f16:
     case DType::bf16:
-      return npy::from_f32(array.shape, npy::to_f32(array).data());
+      return array;
     default:
       fail(flag, " ", path, ": dtype ", dtype_name(array.dtype),
            ": expected a floating-point array (f32, f64, f16 or bf16)");
   }
+}
+
+/// `array` (any floating-point dtype) converted to f32.
+inline npy::Array as_f32(npy::Array array) {
+  if (array.dtype == DType::f32) return array;
+  return npy::from_f32(array.shape, npy::to_f32(array).data());
+}
+
+/// A floating-point array (f32, f64, f16, bf16) converted to f32.
+inline npy::Array read_f32(const std::string& path, const char* flag,
+                           const npy::ReadOptions& read_options) {
+  return as_f32(read_float(path, flag, read_options));
 }
 
 /// A bool mask (true = attend).
@@ -145,12 +156,16 @@ auto with_flag_context(std::initializer_list<FlagName> names, Call&& call) {
 
 // ---- outputs ---------------------------------------------------------------------------------
 
-inline npy::Array zeros_f32(std::vector<std::int64_t> shape) {
+inline npy::Array zeros(std::vector<std::int64_t> shape, DType dtype) {
   npy::Array array;
-  array.dtype = DType::f32;
+  array.dtype = dtype;
   array.shape = std::move(shape);
-  array.data.resize(static_cast<std::size_t>(array.numel()) * sizeof(float));
+  array.data.resize(static_cast<std::size_t>(array.numel()) * dtype_size(dtype));
   return array;
+}
+
+inline npy::Array zeros_f32(std::vector<std::int64_t> shape) {
+  return zeros(std::move(shape), DType::f32);
 }
 
 /// Writes every (path, array) or none: each goes to a temporary file beside its path first
