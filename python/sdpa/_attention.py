@@ -1,9 +1,13 @@
 """The torch-style front end: argument handling around the library's forward and backward.
 
-Every array is turned into a float32 NumPy view (zero-copy for float32 NumPy arrays and for
-DLPack-capable CPU arrays such as torch tensors and JAX arrays, any strides), reshaped to the
-library's [B, H, L, D] rank by adding or merging leading dimensions, and handed to the C++ library,
-whose own validate() checks every shape and value (its messages arrive as ValueError).
+Every array is turned into a NumPy view (zero-copy for float32, float16 and bfloat16 NumPy arrays
+and for DLPack-capable CPU arrays such as torch tensors and JAX arrays, any strides), reshaped to
+the library's [B, H, L, D] rank by adding or merging leading dimensions, and handed to the C++
+library, whose own validate() checks every shape and value (its messages arrive as ValueError).
+
+16-bit inputs: query, key and value all float16, or all bfloat16 (ml_dtypes.bfloat16 NumPy arrays,
+torch.bfloat16 tensors), run in that dtype (fp32 accumulation; the output in that dtype); any other
+mix of float dtypes is converted to float32. float64 is converted to float32.
 """
 
 from __future__ import annotations
@@ -15,8 +19,36 @@ import numpy as np
 
 from . import _core
 
-_CONVERTED_FLOATS = (np.dtype(np.float64), np.dtype(np.float16))
+try:  # bfloat16 NumPy arrays exist only with ml_dtypes; without it none can be passed
+    import ml_dtypes as _ml_dtypes
+
+    _BFLOAT16: Optional[np.dtype] = np.dtype(_ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - ml_dtypes is installed with the tests
+    _BFLOAT16 = None
+_FLOAT16 = np.dtype(np.float16)
+_CONVERTED_FLOATS = tuple(d for d in (np.dtype(np.float64), _FLOAT16, _BFLOAT16) if d is not None)
 _ALIGNMENTS = ("top_left", "bottom_right")
+
+
+def _is_16bit(dtype: np.dtype) -> bool:
+    return dtype == _FLOAT16 or (_BFLOAT16 is not None and dtype == _BFLOAT16)
+
+
+def _library(array: np.ndarray) -> np.ndarray:
+    """The array as the bindings take it: bfloat16 as its uint16 bit patterns (a view)."""
+    if _BFLOAT16 is not None and array.dtype == _BFLOAT16:
+        return array.view(np.uint16)
+    return array
+
+
+def _from_torch_bfloat16(array: Any, name: str) -> np.ndarray:
+    """A torch.bfloat16 tensor as an ml_dtypes.bfloat16 NumPy view (NumPy's DLPack has no
+    bfloat16: the tensor is exported as int16 bit patterns and viewed back, no copy)."""
+    if _BFLOAT16 is None:
+        raise TypeError(f"{name}: bfloat16 tensors need the ml_dtypes package")
+    import torch  # only reached for torch tensors
+
+    return np.from_dlpack(array.view(torch.int16)).view(_BFLOAT16)
 
 
 # ---- arrays ---------------------------------------------------------------------------------------
@@ -28,13 +60,15 @@ def _as_numpy(array: Any, name: str) -> np.ndarray:
         return array
     if getattr(array, "requires_grad", False) and hasattr(array, "detach"):
         array = array.detach()  # torch refuses to export a tensor that requires grad
+    if str(getattr(array, "dtype", "")) == "torch.bfloat16" and hasattr(array, "__dlpack__"):
+        return _from_torch_bfloat16(array, name)
     if hasattr(array, "__dlpack__"):
         try:
             return np.from_dlpack(array)
         except (TypeError, BufferError, RuntimeError, ValueError) as error:
             raise TypeError(
                 f"{name}: cannot read this {type(array).__name__} through DLPack ({error}); "
-                "expected a CPU array of float32 (or float64/float16, converted)"
+                "expected a CPU array of float32, float16 or bfloat16 (or float64, converted)"
             ) from error
     try:
         return np.asarray(array)
@@ -43,14 +77,22 @@ def _as_numpy(array: Any, name: str) -> np.ndarray:
 
 
 def _float32(array: Any, name: str) -> np.ndarray:
-    """float32 as is (any strides, no copy); float64 and float16 converted; anything else refused."""
+    """float32 as is (any strides, no copy); float64, float16 and bfloat16 converted; anything else
+    refused."""
+    return _float(array, name, keep_16bit=False)
+
+
+def _float(array: Any, name: str, keep_16bit: bool) -> np.ndarray:
+    """float32 as is (any strides, no copy), float16 / bfloat16 as is when keep_16bit, other
+    floats converted to float32; anything else refused."""
     array = _as_numpy(array, name)
-    if array.dtype == np.float32:
+    if array.dtype == np.float32 or (keep_16bit and _is_16bit(array.dtype)):
         return array
     if array.dtype in _CONVERTED_FLOATS:
         return array.astype(np.float32)
     raise TypeError(
-        f"{name}.dtype: expected float32 (float64 and float16 are converted), got {array.dtype}"
+        f"{name}.dtype: expected float32, float16 or bfloat16 (float64 is converted), got "
+        f"{array.dtype}"
     )
 
 
@@ -155,7 +197,10 @@ class _Call:
         key_lengths: Any,
         query_lengths: Any,
         threads: Optional[int],
+        widen: bool = False,
     ) -> None:
+        """widen: give the library float32 copies of 16-bit inputs (the backward: it widens them
+        itself anyway); self.dtype stays the inputs' 16-bit dtype, the dtype of the results."""
         if dropout_p != 0.0:
             raise ValueError(
                 f"dropout_p = {dropout_p}: sdpa has no dropout yet; pass dropout_p=0.0 "
@@ -165,9 +210,15 @@ class _Call:
             raise ValueError(
                 f"causal_alignment = {causal_alignment!r}: expected 'top_left' or 'bottom_right'"
             )
-        self.query = _float32(query, "query")
-        self.key = _float32(key, "key")
-        self.value = _float32(value, "value")
+        self.query = _float(query, "query", keep_16bit=True)
+        self.key = _float(key, "key", keep_16bit=True)
+        self.value = _float(value, "value", keep_16bit=True)
+        # One 16-bit dtype for all three runs in it; any other mix runs in float32.
+        dtypes = {self.query.dtype, self.key.dtype, self.value.dtype}
+        self.dtype = self.query.dtype if len(dtypes) == 1 else np.dtype(np.float32)
+        if widen or not _is_16bit(self.dtype):
+            self.query, self.key, self.value = (
+                a.astype(np.float32, copy=False) for a in (self.query, self.key, self.value))
         for name, array in (("query", self.query), ("key", self.key), ("value", self.value)):
             if array.ndim < 2:
                 raise ValueError(f"{name}.shape = {array.shape}: expected (..., L, E)")
@@ -194,7 +245,8 @@ class _Call:
         q = _broadcast(q, self.lead + (heads_q,) + q.shape[-2:], "query")
         k = _broadcast(k, self.lead + k.shape[-3:], "key")
         v = _broadcast(v, self.lead + v.shape[-3:], "value")
-        self.q, self.k, self.v = _batched(q, "query"), _batched(k, "key"), _batched(v, "value")
+        self.q, self.k, self.v = (_library(_batched(a, name)) for a, name in
+                                  ((q, "query"), (k, "key"), (v, "value")))
         # The caller's output shape: (*lead, Hq, Lq, Ev), less the padding of rank-2 inputs.
         self.out_shape = (self.lead + (heads_q, q.shape[-2], v.shape[-1]))[-self.rank :]
         self.options: dict = {"threads": _threads(threads)}
@@ -294,9 +346,13 @@ def scaled_dot_product_attention(
 
     Args:
         query: (..., Hq, Lq, E) array: NumPy, or any DLPack-capable CPU array (torch, JAX).
-            float32 is read in place whatever its strides (negative and zero strides included);
-            float64 and float16 are converted to float32 (a copy). Shapes (Lq, E) and (Hq, Lq, E)
-            are allowed, as are leading batch dimensions beyond one.
+            float32, float16 and bfloat16 (ml_dtypes.bfloat16, torch.bfloat16) are read in place
+            whatever their strides (negative and zero strides included): query, key and value
+            all float16 or all bfloat16 run in that dtype (products and softmax accumulated in
+            fp32; with bfloat16 on AVX512_BF16 the products use vdpbf16ps and the probabilities
+            are rounded to bfloat16 for P @ V); float64 and any mix of dtypes are converted to
+            float32 (a copy). Shapes (Lq, E) and (Hq, Lq, E) are allowed, as are leading batch
+            dimensions beyond one.
         key: (..., Hkv, Lk, E), same rank and leading shape as query.
         value: (..., Hkv, Lk, Ev).
         attn_mask: broadcastable to (..., Hq, Lq, Lk). bool: True = attend (as in torch);
@@ -319,15 +375,17 @@ def scaled_dot_product_attention(
         return_lse: also return the natural-log log-sum-exp of each row, (..., Hq, Lq).
         return_weights: also return the softmax weights, (..., Hq, Lq, Lk) (O(L^2) memory).
         threads: OpenMP threads; None = all. Results are bitwise identical for any count.
-        out: a float32 NumPy array of the output's shape to write into (any strides).
+        out: a NumPy array of the output's shape to write into (any strides): float32, or the
+            inputs' dtype when that is float16 / bfloat16.
 
     Returns:
-        The output, a float32 NumPy array of shape (..., Hq, Lq, Ev); with return_lse or
+        The output, a NumPy array of shape (..., Hq, Lq, Ev) in the inputs' dtype (float32,
+        float16 or ml_dtypes.bfloat16; float32 for float64 or mixed inputs); with return_lse or
         return_weights, a tuple (out, lse) / (out, weights) / (out, lse, weights). A row that sees
         no key gives output 0 and lse -inf, never NaN.
 
     Raises:
-        TypeError: an input of an unsupported dtype (integers, complex, bfloat16, ...).
+        TypeError: an input of an unsupported dtype (integers, complex, ...).
         ValueError: bad shapes or values, with the library's message naming the argument.
     """
     call = _Call(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
@@ -335,12 +393,13 @@ def scaled_dot_product_attention(
     b, hq, lq, _ = call.q.shape
     lk, dv = call.k.shape[2], call.v.shape[3]
     if out is None:
-        out4 = np.empty((b, hq, lq, dv), dtype=np.float32)
+        out4 = np.empty((b, hq, lq, dv), dtype=call.dtype)
     else:
         if not isinstance(out, np.ndarray):
             out = _as_numpy(out, "out")
-        if out.dtype != np.float32:
-            raise TypeError(f"out.dtype: expected float32, got {out.dtype}")
+        if out.dtype not in (np.dtype(np.float32), call.dtype):
+            expected = "float32" if call.dtype == np.float32 else f"float32 or {call.dtype}"
+            raise TypeError(f"out.dtype: expected {expected}, got {out.dtype}")
         if not out.flags.writeable:
             raise ValueError("out: expected a writable array, got a read-only one")
         if out.shape != call.out_shape:
@@ -348,7 +407,7 @@ def scaled_dot_product_attention(
         out4 = _batched(_padded(out, max(out.ndim, 3)), "out")
     lse = np.empty((b, hq, lq), dtype=np.float32) if return_lse else None
     weights = np.empty((b, hq, lq, lk), dtype=np.float32) if return_weights else None
-    _core.forward(call.q, call.k, call.v, out4, lse=lse, weights=weights, **call.options)
+    _core.forward(call.q, call.k, call.v, _library(out4), lse=lse, weights=weights, **call.options)
     if out is None:
         result = call.shaped(out4)
     else:
@@ -394,7 +453,8 @@ def attention_backward(
     bitwise identical for any thread count.
 
     Returns:
-        dq, dk, dv: float32 arrays shaped like query, key and value (dk and dv summed over the
+        dq, dk, dv: arrays shaped like query, key and value, in their dtype (float32, float16 or
+        bfloat16: computed in float32 and rounded; float32 for mixed inputs; dk and dv summed over the
         query heads of a GQA group); then dbias when return_dbias (the gradient of a float
         attn_mask, shaped like it, summed over its broadcast dimensions), then dscale when
         return_dscale (dL/d(scale), a float).
@@ -404,7 +464,7 @@ def attention_backward(
         output and lse is given, or return_dbias without a float attn_mask.
     """
     call = _Call(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
-                 causal_alignment, window, key_lengths, query_lengths, threads)
+                 causal_alignment, window, key_lengths, query_lengths, threads, widen=True)
     if (output is None) != (lse is None):
         raise ValueError("output and lse: give both (the forward's results) or neither")
     if return_dbias and call.mask_shape is None:
@@ -424,9 +484,11 @@ def attention_backward(
     dbias = np.empty(call.options["bias"].shape, dtype=np.float32) if return_dbias else None
     dscale = _core.backward(call.q, call.k, call.v, out4, dout4, lse3, dq, dk, dv,
                             dbias=dbias, dscale=return_dscale, **call.options)
-    grads: list = [_unbroadcast(call.shaped(dq), call.query.shape),
-                   _unbroadcast(call.shaped(dk), call.key.shape),
-                   _unbroadcast(call.shaped(dv), call.value.shape)]
+    # 16-bit inputs: gradients computed (and summed over broadcast dimensions) in float32, then
+    # rounded to the inputs' dtype (the library widens 16-bit inputs for the backward anyway).
+    grads: list = [_unbroadcast(call.shaped(g), shape).astype(call.dtype, copy=False)
+                   for g, shape in ((dq, call.query.shape), (dk, call.key.shape),
+                                    (dv, call.value.shape))]
     if dbias is not None:
         assert call.mask_shape is not None
         if len(call.lead) > 1:  # merged leading dimensions: unmerge before summing

@@ -24,7 +24,7 @@ def forward(
     q: npt.ArrayLike,
     k: npt.ArrayLike,
     v: npt.ArrayLike,
-    out: npt.NDArray[np.float32],
+    out: npt.NDArray[np.generic],
     *,
     lse: Optional[npt.NDArray[np.float32]] = None,
     weights: Optional[npt.NDArray[np.float32]] = None,
@@ -39,8 +39,9 @@ def forward(
     threads: int = 0,
     isa: str = "auto",
 ) -> RunInfo:
-    """sdpa::forward on rank-4 float32 views [B, H, L, D]; writes out (and lse, weights, entropy
-    when given). Raises ValueError with the library's message."""
+    """sdpa::forward on rank-4 views [B, H, L, D] (float32, float16, or bfloat16 as uint16 bit
+    patterns; q, k, v of one dtype, out that dtype or float32); writes out (and lse, weights,
+    entropy when given). Raises ValueError with the library's message."""
 
 def backward(
     q: npt.ArrayLike,

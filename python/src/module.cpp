@@ -35,8 +35,17 @@ sdpa::DType dtype_of(nb::dlpack::dtype dtype, const std::string& name) {
   if (dtype == nb::dtype<bool>()) return sdpa::DType::boolean;
   if (dtype == nb::dtype<std::int32_t>()) return sdpa::DType::i32;
   if (dtype == nb::dtype<std::int64_t>()) return sdpa::DType::i64;
+  // 16-bit floats: IEEE half as such; bfloat16 as DLPack's bfloat code or, as the Python layer
+  // passes ml_dtypes.bfloat16 arrays (which NumPy cannot export), as uint16 bit patterns.
+  const auto code = static_cast<nb::dlpack::dtype_code>(dtype.code);
+  if (dtype.bits == 16 && dtype.lanes == 1) {
+    if (code == nb::dlpack::dtype_code::Float) return sdpa::DType::f16;
+    if (code == nb::dlpack::dtype_code::Bfloat) return sdpa::DType::bf16;
+    if (code == nb::dlpack::dtype_code::UInt) return sdpa::DType::bf16;
+  }
   throw nb::type_error((name + ": unsupported dtype (code " + std::to_string(dtype.code) +
-                        ", " + std::to_string(dtype.bits) + " bits); expected float32")
+                        ", " + std::to_string(dtype.bits) + " bits); expected float32, float16 "
+                        "or bfloat16")
                            .c_str());
 }
 
@@ -206,8 +215,9 @@ NB_MODULE(_core, m) {
         nb::arg("causal") = "none", nb::arg("window").none() = nb::none(),
         nb::arg("key_lengths").none() = nb::none(), nb::arg("query_lengths").none() = nb::none(),
         nb::arg("threads") = 0, nb::arg("isa") = "auto",
-        "sdpa::forward on rank-4 float32 views [B, H, L, D]; writes out (and lse, weights, "
-        "entropy when given). Raises ValueError with the library's message.");
+        "sdpa::forward on rank-4 views [B, H, L, D] (float32, float16, or bfloat16 as uint16 "
+        "bit patterns); writes out (and lse, weights, entropy when given). Raises ValueError "
+        "with the library's message.");
 
   m.def("backward", &backward, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"),
         nb::arg("dout"), nb::arg("lse"), nb::arg("dq"), nb::arg("dk"), nb::arg("dv"),

@@ -95,15 +95,16 @@ def test_mask_with_more_leading_dimensions_broadcasts():
     np.testing.assert_allclose(out, (p / p.sum(-1, keepdims=True)) @ v, atol=2e-6)
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float16])
-def test_float64_and_float16_inputs_are_converted_to_float32(dtype):
+def test_float64_inputs_are_converted_to_float32():
     q, k, v, _ = Case("dtypes").inputs()
+    dtype = np.float64
     expected = sdpa.scaled_dot_product_attention(
         q.astype(dtype).astype(np.float32), k.astype(dtype).astype(np.float32),
         v.astype(dtype).astype(np.float32))
     out = sdpa.scaled_dot_product_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype))
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, expected)
+    # (float16 and bfloat16 run in their own dtype: test_low_precision.py)
 
 
 def test_float64_bias_is_converted():
