@@ -271,6 +271,56 @@ TEST(LowPrecision, MatchesFp64ReferenceWithMasksGqaAndStrides) {
     }
 }
 
+// A NaN in the value of key j reaches the same rows as with f32 inputs of the same values (the
+// rows that see j, and the kernel's row-group neighbours whose P for j is 0): the bf16 kernel's
+// pair-wise products must zero the neighbour of a row group's first / last key (odd window edges),
+// not multiply it by P = 0. Every other row is bitwise the clean result.
+TEST(LowPrecision, NaNValueSpreadsNoFurtherThanWithF32Inputs) {
+  Rng rng(89);
+  for (DType dtype : {DType::bf16, DType::f16})
+    for (std::int64_t nan_key : {100, 125, 190}) {
+      Inputs in = random_inputs(rng, 1, 2, 1, 250, 250, 32, 32);
+      in.base.window = Window{7, 5};  // row i sees keys [i − 7, i + 5]: odd group edges
+      in.set_dtype(dtype);
+      Inputs f32 = random_inputs(rng, 1, 2, 1, 250, 250, 32, 32);
+      f32.q.storage = in.q.storage, f32.k.storage = in.k.storage, f32.v.storage = in.v.storage;
+      f32.base = in.base;
+      for (std::int64_t d = 0; d < 32; ++d) f32.v.at({0, 0, nan_key, d}) = std::nanf("");
+      OutputLayouts layouts;
+      layouts.want_weights = false;
+      OutputBuffers clean = in.make_outputs(layouts), dirty = in.make_outputs(layouts),
+                    wide = in.make_outputs(layouts);
+      for (Isa isa : supported_isas()) {
+        in.run(clean, isa, 1);
+        f32.run(wide, isa, 1);
+        for (std::int64_t d = 0; d < 32; ++d) in.v16->at({0, 0, nan_key, d}) = 0x7fc0;  // NaN
+        in.run(dirty, isa, 1);
+        for (std::int64_t d = 0; d < 32; ++d)
+          in.v16->at({0, 0, nan_key, d}) = narrow(dtype, in.v.at({0, 0, nan_key, d}));
+        int nan_rows = 0;
+        for (std::int64_t h = 0; h < 2; ++h)
+          for (std::int64_t i = 0; i < 250; ++i) {
+            const bool expect_nan = std::isnan(wide.out.at({0, h, i, 0}));
+            nan_rows += expect_nan;
+            const bool sees = i >= nan_key - 5 && i <= nan_key + 7;
+            if (sees) {
+              ASSERT_TRUE(expect_nan) << "row " << i;
+            }
+            for (std::int64_t d = 0; d < 32; ++d) {
+              const float a = clean.out.at({0, h, i, d}), b = dirty.out.at({0, h, i, d});
+              if (expect_nan)
+                ASSERT_TRUE(std::isnan(b))
+                    << dtype_name(dtype) << " " << isa_name(isa) << " row " << i;
+              else
+                ASSERT_TRUE(same_bits(a, b)) << dtype_name(dtype) << " " << isa_name(isa) << " key "
+                                             << nan_key << " row " << i << ": " << a << " vs " << b;
+            }
+          }
+        EXPECT_LT(nan_rows, 2 * 40) << isa_name(isa);  // the rows that see it and a few neighbours
+      }
+    }
+}
+
 // ---- backward
 // ------------------------------------------------------------------------------------
 

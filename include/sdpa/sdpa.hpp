@@ -19,7 +19,8 @@
 // With bf16 inputs on a CPU with AVX512_BF16 the forward multiplies in bf16 (vdpbf16ps: Q·Kᵀ exact
 // products summed in fp32; the probabilities P rounded to bf16 for P·V, as GPU flash attention
 // does); elsewhere 16-bit inputs are widened to fp32 when packed and run the fp32 kernels.
-// The backward always widens 16-bit tensors to fp32 copies first.
+// The backward always widens 16-bit tensors to fp32 copies first. The split-KV decode plan reads
+// f32 only: 16-bit calls always take the prefill plan.
 //
 // Every function validates all of its arguments before it writes anything: on error it throws
 // sdpa::Error, whose message names the argument, the expected and the given value, and no output

@@ -382,13 +382,18 @@ double visible_pair_flops(const Problem& p) {
 RunInfo forward_with_plan(const Tensor& q, const Tensor& k, const Tensor& v, const Options& options,
                           const Outputs& outputs, ForwardPlan choice) {
   const Problem p = validate_forward(q, k, v, options, outputs);
+  // The split-KV kernel reads f32 inputs in place: bf16 / f16 calls take the prefill plan.
+  const bool f32_only = p.dtype == DType::f32 && p.out_dtype == DType::f32;
   if (choice == ForwardPlan::automatic)
-    choice = decode_plan_applies(p) ? ForwardPlan::split_kv : ForwardPlan::prefill;
+    choice = f32_only && decode_plan_applies(p) ? ForwardPlan::split_kv : ForwardPlan::prefill;
   RunInfo info;
   info.isa = p.isa;
   info.flops = visible_pair_flops(p);
   if (choice == ForwardPlan::split_kv) {  // few query rows: split-KV decode (core/decode.cpp)
     if (p.weights) fail("outputs.weights: the split-KV plan does not write attention weights");
+    if (!f32_only)
+      fail("q.dtype = ", dtype_name(p.dtype), ", out.dtype = ", dtype_name(p.out_dtype),
+           ": the split-KV plan reads and writes f32 only (use the prefill plan)");
     const DecodeRun run = run_decode(p);
     info.threads = run.threads;
     info.workspace_bytes = run.workspace_bytes;
