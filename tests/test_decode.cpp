@@ -172,5 +172,34 @@ TEST(Decode, NanValueOfAMaskedKeyReachesOnlyRowsThatSeeIt) {
   }
 }
 
+// fuzz_forward's finding (fuzz/findings/fuzz_forward-row-finite-where-reference-is-not): a key the
+// row sees but whose fp32 weight underflows to 0 (logit 200 below the row's maximum) must still
+// pass an infinite value on, as the prefill kernel does (0·inf = NaN) and as the fp64 reference
+// does (its weight e^-200 does not underflow: out = inf). Skipping zero weights hid it.
+TEST(Decode, VisibleKeyWhoseWeightUnderflowsStillPassesOnANonFiniteValue) {
+  Rng rng(17);
+  Inputs in = random_inputs(rng, 1, 2, 1, 1, 40, 1, 4);
+  for (std::int64_t h = 0; h < 2; ++h) in.q.at({0, h, 0, 0}) = 1.0f;
+  for (std::int64_t j = 0; j < 40; ++j) in.k.at({0, 0, j, 0}) = j == 7 ? -200.0f : 0.0f;
+  for (std::int64_t d = 0; d < 4; ++d) in.v.at({0, 0, 7, d}) = std::numeric_limits<float>::infinity();
+  in.base.scale = 1.0f;
+  OutputLayouts layouts;
+  layouts.want_weights = false;
+  OutputBuffers buffers = in.make_outputs(layouts);
+  const References refs = in.references(buffers);
+  ASSERT_TRUE(std::isinf(refs.ref64.out[0])) << "the premise: the fp64 reference's row is inf";
+  for (ForwardPlan plan : {ForwardPlan::split_kv, ForwardPlan::prefill})
+    for (Isa isa : supported_isas()) {
+      Options o = in.options();
+      o.isa = isa;
+      forward_with_plan(in.q.tensor, in.k.tensor, in.v.tensor, o, buffers.outputs(), plan);
+      for (std::int64_t h = 0; h < 2; ++h)
+        for (std::int64_t d = 0; d < 4; ++d)
+          EXPECT_FALSE(std::isfinite(buffers.out.at({0, h, 0, d})))
+              << "head " << h << ", column " << d << ", " << isa_name(isa)
+              << (plan == ForwardPlan::split_kv ? ", split-KV" : ", prefill");
+    }
+}
+
 }  // namespace
 }  // namespace sdpa::test

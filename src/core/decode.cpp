@@ -14,6 +14,9 @@
 #include "core/workspace.hpp"
 #include "kernels/decode.hpp"
 
+static_assert(sdpa::kDecodeChunkKeys <= 256,
+              "src/kernels/decode_impl.hpp's kMaxChunkKeys (256) bounds the keys of one chunk");
+
 namespace sdpa {
 namespace {
 

@@ -55,6 +55,7 @@ V load_elements(const void* row, std::int64_t d) {
   }
 }
 
+constexpr int kMaxChunkKeys = 256;  // the split rule's chunk size (core/decode.hpp)
 constexpr int kPrefetchKeys = 16;  // rows ahead that are prefetched (see prefetch_row)
 
 template <RowType kType>
@@ -190,6 +191,12 @@ void chunk_scores(const DecodeShape& shape, const DecodeRows& rows, const Decode
   }
 }
 
+// A weight of −0 marks a key the row does not see (chunk_softmax): its value is never read, so a
+// NaN or ±inf there cannot reach the row as 0·NaN. A visible key whose weight underflowed to +0
+// still multiplies its value, as in the prefill kernel: a non-finite value the row sees is never
+// hidden by rounding (the fp64 reference, whose weight does not underflow, is non-finite too).
+inline bool hidden(float w) { return w == 0.0f && __builtin_signbit(w); }
+
 // acc[r][d0 .. d0 + kVectors·kLanes) = Σ_c P[r][c]·v_c for one register block of rows.
 template <RowType kType, int kVectors>
 void value_block(const DecodeChunk& chunk, const float* p, std::int64_t ld, int r0, std::int64_t d0,
@@ -209,8 +216,8 @@ void value_block(const DecodeChunk& chunk, const float* p, std::int64_t ld, int 
 #pragma GCC unroll 4
     for (int i = 0; i < kRowBlock; ++i) {
       weight[i] = p[(r0 + i) * ld + c];
-      any |= weight[i] != 0.0f;
-      all &= weight[i] != 0.0f;
+      any |= !hidden(weight[i]);
+      all &= !hidden(weight[i]);
     }
     if (!any) continue;
     const float v_scale = kType == RowType::i8 ? chunk.v_scales[c] : 1.0f;
@@ -229,7 +236,7 @@ void value_block(const DecodeChunk& chunk, const float* p, std::int64_t ld, int 
     }
 #pragma GCC unroll 4
     for (int i = 0; i < kRowBlock; ++i) {
-      if (weight[i] == 0.0f) continue;  // masked (or underflowed): its value is not read
+      if (hidden(weight[i])) continue;  // masked: its value is not read
       const V w = Simd::set1(weight[i] * v_scale);
 #pragma GCC unroll 4
       for (int x = 0; x < kVectors; ++x) acc[i][x] = Simd::fma(w, v[x], acc[i][x]);
@@ -285,11 +292,17 @@ void chunk_softmax(const DecodeShape& shape, const DecodeRows& rows, const Decod
     state.max[r] = row_max;
     if (row_max == kNegInf) {  // no visible key in this chunk (or a padding row)
       state.sum[r] = 0.0f;
-      for (std::int64_t c = 0; c < ld; ++c) row[c] = 0.0f;
+      for (std::int64_t c = 0; c < ld; ++c) row[c] = -0.0f;  // hidden (value_block)
       continue;
     }
+    // Keys the row does not see have logit −inf (range, mask, −inf bias, a logit overflowing
+    // to −inf): their weights become −0 after the exponential (value_block skips exactly those).
+    std::uint8_t masked[kMaxChunkKeys];
+    for (std::int64_t c = 0; c < chunk.count; ++c) masked[c] = row[c] == kNegInf;
     state.sum[r] = state.moment != nullptr ? exp_row_with_moment(row, ld, row_max, &state.moment[r])
                                            : exp_row(row, ld, row_max);
+    for (std::int64_t c = 0; c < chunk.count; ++c)
+      if (masked[c]) row[c] = -0.0f;
   }
 }
 
