@@ -201,5 +201,24 @@ TEST(Decode, VisibleKeyWhoseWeightUnderflowsStillPassesOnANonFiniteValue) {
     }
 }
 
+// The same fuzz finding's input: NaN in one query row makes every logit of that row NaN, which a
+// maximum may drop (reading −inf); the row must come out NaN, not as a row with no visible key.
+TEST(Decode, NanQueryRowGivesANanRowNotAnEmptyOne) {
+  Rng rng(19);
+  Inputs in = random_inputs(rng, 1, 1, 1, 4, 25, 1, 8);
+  in.q.at({0, 0, 2, 0}) = std::numeric_limits<float>::quiet_NaN();
+  OutputLayouts layouts;
+  layouts.want_weights = false;
+  OutputBuffers buffers = in.make_outputs(layouts);
+  for (Isa isa : supported_isas()) {
+    Options o = in.options();
+    o.isa = isa;
+    forward_with_plan(in.q.tensor, in.k.tensor, in.v.tensor, o, buffers.outputs(),
+                      ForwardPlan::split_kv);
+    for (std::int64_t i = 0; i < 4; ++i)
+      EXPECT_EQ(std::isnan(buffers.out.at({0, 0, i, 0})), i == 2) << "row " << i << ", " << isa_name(isa);
+  }
+}
+
 }  // namespace
 }  // namespace sdpa::test

@@ -289,18 +289,26 @@ void chunk_softmax(const DecodeShape& shape, const DecodeRows& rows, const Decod
                          min_i64(rows.key_end[r], key_end), shape.scale,
                          rows.bias != nullptr ? rows.bias[r] : nullptr, rows.bias_stride,
                          rows.mask != nullptr ? rows.mask[r] : nullptr, rows.mask_stride);
-    state.max[r] = row_max;
-    if (row_max == kNegInf) {  // no visible key in this chunk (or a padding row)
+    // A NaN logit (NaN in q or k) may be dropped by the maximum, which then reads −inf although
+    // the row sees keys: such a row is exponentiated against 0, as in the prefill kernel, so that
+    // it becomes NaN instead of passing for a row with no visible key.
+    bool nan_logit = false;
+    if (row_max == kNegInf && r < rows.rows)
+      for (std::int64_t c = 0; c < chunk.count; ++c) nan_logit |= row[c] != row[c];
+    if (row_max == kNegInf && !nan_logit) {  // no visible key in this chunk (or a padding row)
+      state.max[r] = row_max;
       state.sum[r] = 0.0f;
       for (std::int64_t c = 0; c < ld; ++c) row[c] = -0.0f;  // hidden (value_block)
       continue;
     }
+    const float base = nan_logit ? 0.0f : row_max;
+    state.max[r] = base;
     // Keys the row does not see have logit −inf (range, mask, −inf bias, a logit overflowing
     // to −inf): their weights become −0 after the exponential (value_block skips exactly those).
     std::uint8_t masked[kMaxChunkKeys];
     for (std::int64_t c = 0; c < chunk.count; ++c) masked[c] = row[c] == kNegInf;
-    state.sum[r] = state.moment != nullptr ? exp_row_with_moment(row, ld, row_max, &state.moment[r])
-                                           : exp_row(row, ld, row_max);
+    state.sum[r] = state.moment != nullptr ? exp_row_with_moment(row, ld, base, &state.moment[r])
+                                           : exp_row(row, ld, base);
     for (std::int64_t c = 0; c < chunk.count; ++c)
       if (masked[c]) row[c] = -0.0f;
   }
