@@ -14,6 +14,14 @@
 #include "core/isa.hpp"
 #include "test_support.hpp"
 
+// GCC has _Float16 on x86-64; clang 14 (the sanitizer and fuzz builds) does not, and there the
+// comparisons with the compiler's own conversion are left out (the normal GCC build runs them).
+#if defined(__GNUC__) && !defined(__clang__)
+#define SDPA_TEST_HAVE_FLOAT16 1
+#else
+#define SDPA_TEST_HAVE_FLOAT16 0
+#endif
+
 namespace sdpa::test {
 namespace {
 
@@ -31,10 +39,12 @@ TEST(HalfConversion, EveryF16PatternRoundTripsAndNaNStaysNaN) {
       continue;
     }
     ASSERT_EQ(half::float_to_f16(f), bits) << std::hex << h;
+#if SDPA_TEST_HAVE_FLOAT16
     // Widening agrees with the compiler's own _Float16 (IEEE binary16).
     _Float16 native;
     std::memcpy(&native, &bits, sizeof native);
     ASSERT_EQ(static_cast<float>(native), f) << std::hex << h;
+#endif
   }
 }
 
@@ -51,6 +61,7 @@ TEST(HalfConversion, F16NarrowingRoundsToNearestEvenLikeFloat16) {
   EXPECT_EQ(half::float_to_f16(0x1p-25f), 0x0000);  // tie: to even (0)
   EXPECT_EQ(half::float_to_f16(3 * 0x1p-25f), 0x0002);
   EXPECT_EQ(half::float_to_f16(-0.0f), 0x8000);
+#if SDPA_TEST_HAVE_FLOAT16
   // Random floats of every magnitude against the compiler's conversion.
   Rng rng(5);
   for (int n = 0; n < 200000; ++n) {
@@ -63,6 +74,7 @@ TEST(HalfConversion, F16NarrowingRoundsToNearestEvenLikeFloat16) {
     std::memcpy(&expected, &native, sizeof expected);
     ASSERT_EQ(half::float_to_f16(f), expected) << f;
   }
+#endif
 }
 
 TEST(HalfConversion, EveryBf16PatternRoundTripsAndNarrowingRoundsToNearestEven) {
