@@ -57,14 +57,6 @@ void check_tensor(const Tensor& t, const char* name, std::int64_t d0, std::int64
     fail(name, ".data: expected a non-null pointer, got null");
 }
 
-void check_writable(const Tensor& t, const char* name) {
-  if (t.numel() == 0) return;
-  for (int d = 0; d < t.rank; ++d)
-    if (t.shape[d] > 1 && t.stride[d] == 0)
-      fail(name, ".stride[", d, "] = 0 on a dimension of size ", t.shape[d],
-           ": outputs cannot broadcast");
-}
-
 }  // namespace
 
 const char* kv_storage_name(KvStorage storage) {

@@ -118,6 +118,10 @@ BackwardProblem validate_backward(const Tensor& q, const Tensor& k, const Tensor
 MergeProblem validate_merge(std::span<const Tensor> outs, std::span<const Tensor> lses,
                             const Tensor& out, const std::optional<Tensor>& lse, int threads);
 
+/// Outputs must not write one element twice: a zero stride on a dimension longer than 1 would.
+/// Throws sdpa::Error naming `name` otherwise.
+void check_writable(const Tensor& t, const char* name);
+
 /// Like validate_forward but without outputs (for FLOP counting and planning).
 Problem validate_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Options& options);
 

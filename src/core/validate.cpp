@@ -102,16 +102,6 @@ void check_dim(const Tensor& t, const char* name, int d, const char* what, std::
          " = ", expected);
 }
 
-// Outputs must not write one element twice: a zero stride on a dimension longer than 1 would.
-// An empty output is never written (NumPy gives such arrays zero strides).
-void check_writable(const Tensor& t, const char* name) {
-  if (t.numel() == 0) return;
-  for (int d = 0; d < t.rank; ++d)
-    if (t.shape[d] > 1 && t.stride[d] == 0)
-      fail(name, ".stride[", d, "] = 0 on a dimension of size ", t.shape[d],
-           ": outputs cannot broadcast");
-}
-
 template <typename T>
 View4<T> view_of(const Tensor& t) {
   View4<T> view;
@@ -439,6 +429,15 @@ MergeProblem validate_merge(std::span<const Tensor> outs, std::span<const Tensor
   if (threads < 0) fail("threads = ", threads, ": expected >= 0 (0 = all)");
   m.threads = threads > 0 ? threads : omp_get_max_threads();
   return m;
+}
+
+// An empty output is never written (NumPy gives such arrays zero strides).
+void check_writable(const Tensor& t, const char* name) {
+  if (t.numel() == 0) return;
+  for (int d = 0; d < t.rank; ++d)
+    if (t.shape[d] > 1 && t.stride[d] == 0)
+      fail(name, ".stride[", d, "] = 0 on a dimension of size ", t.shape[d],
+           ": outputs cannot broadcast");
 }
 
 }  // namespace sdpa
