@@ -35,10 +35,8 @@ struct BackwardRanges {
 BackwardRanges backward_ranges(const BackwardTile& t) {
   BackwardRanges tr;
   const int groups = static_cast<int>(round_up(t.rows, kMicroRows) / kMicroRows);
-  group_key_ranges(t.key_begin, t.key_end, t.rows, groups, t.t0, t.n_keys, true, tr.panel_lo,
-                   tr.panel_hi);
-  group_key_ranges(t.key_begin, t.key_end, t.rows, groups, t.t0, t.n_keys, false, tr.key_lo,
-                   tr.key_hi);
+  group_key_ranges(t.key_begin, t.key_end, t.rows, groups, t.t0, t.n_keys, tr.key_lo, tr.key_hi,
+                   tr.panel_lo, tr.panel_hi);
   key_group_row_ranges(t.key_begin, t.key_end, t.rows, t.t0,
                        static_cast<int>(round_up(t.n_keys, kMicroRows) / kMicroRows), tr.row_lo,
                        tr.row_hi);

@@ -111,9 +111,7 @@ struct TileRanges {
 TileRanges tile_ranges(const BlockState& st, std::int64_t t0, std::int64_t n_keys) {
   TileRanges tr;
   group_key_ranges(st.block.key_begin, st.block.key_end, st.block.rows, st.groups, t0, n_keys,
-                   true, tr.panel_lo, tr.panel_hi);
-  group_key_ranges(st.block.key_begin, st.block.key_end, st.block.rows, st.groups, t0, n_keys,
-                   false, tr.key_lo, tr.key_hi);
+                   tr.key_lo, tr.key_hi, tr.panel_lo, tr.panel_hi);
   return tr;
 }
 

@@ -101,12 +101,13 @@ void panel_gemm_depth(const float* a, std::int64_t lda, std::int64_t rows, const
 }
 
 // Column ranges per row group: the union of the visible key ranges [begin[r], end[r]) of its rows
-// (absolute keys), relative to the tile's first key t0 and clipped to [0, n_keys). With `panels`,
-// widened to whole panels (for panel_gemm_cols); otherwise exact (for depths). Rows ≥ `rows`
-// (padding) see nothing; a group that sees nothing gets lo ≥ hi.
+// (absolute keys), relative to the tile's first key t0 and clipped to [0, n_keys): exact in
+// key_lo/key_hi (for depths), widened to whole panels in panel_lo/panel_hi (for panel_gemm_cols).
+// Rows ≥ `rows` (padding) see nothing; a group that sees nothing gets lo ≥ hi.
 inline void group_key_ranges(const std::int64_t* begin, const std::int64_t* end, int rows,
-                             int groups, std::int64_t t0, std::int64_t n_keys, bool panels,
-                             std::int64_t* lo, std::int64_t* hi) {
+                             int groups, std::int64_t t0, std::int64_t n_keys,
+                             std::int64_t* key_lo, std::int64_t* key_hi, std::int64_t* panel_lo,
+                             std::int64_t* panel_hi) {
   for (int g = 0; g < groups; ++g) {
     std::int64_t l = n_keys, h = 0;
     for (int r = g * kMicroRows; r < (g + 1) * kMicroRows && r < rows; ++r) {
@@ -115,12 +116,12 @@ inline void group_key_ranges(const std::int64_t* begin, const std::int64_t* end,
       l = min_i64(l, b0);
       h = max_i64(h, e0);
     }
-    if (panels && l < h) {
-      l = l / kPanel * kPanel;
-      h = min_i64(round_up(h, kPanel), round_up(n_keys, kPanel));
+    key_lo[g] = panel_lo[g] = l;
+    key_hi[g] = panel_hi[g] = h;
+    if (l < h) {
+      panel_lo[g] = l / kPanel * kPanel;
+      panel_hi[g] = min_i64(round_up(h, kPanel), round_up(n_keys, kPanel));
     }
-    lo[g] = l;
-    hi[g] = h;
   }
 }
 
