@@ -222,6 +222,17 @@ TEST_F(Cli, RunRoundTripMatchesFp64Reference) {
   EXPECT_EQ(files_in_work(), (std::set<std::string>{"q.npy", "k.npy", "v.npy", "out.npy"}));
 }
 
+// A negative thread count is refused with the flag and the accepted range named (it printed the
+// largest double as the upper bound before).
+TEST_F(Cli, BenchAndDecodeRejectNegativeThreadsNamingTheRange) {
+  for (const char* command : {"bench --decode --threads -1", "decode --threads -1"}) {
+    const CliResult r = run(command);
+    EXPECT_EQ(r.exit_code, 2) << command;
+    EXPECT_NE(r.err.find("--threads: Value -1 not in range 0 to 4096"), std::string::npos)
+        << command << ": " << r.err;
+  }
+}
+
 TEST_F(Cli, RunAcceptsF64Inputs) {
   const Qkv x = random_qkv(1, 2, 2, 9, 11, 8, 8, 7);
   const auto widen = [](const std::vector<float>& v) {

@@ -241,7 +241,7 @@ void add_bench_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "bench", "Benchmark grid: GFLOP/s, % of measured FMA peak, x naive OpenBLAS, RSS growth");
   cmd->add_option("--threads", args->threads, "threads (default: all cores)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, 4096));
   cmd->add_option("--repeats", args->repeats, "timed repeats per figure; the median counts")
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();

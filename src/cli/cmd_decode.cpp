@@ -189,7 +189,7 @@ void add_decode_command(CLI::App& app) {
   cmd->add_option("--storage", args->storage, "cache storage: f32, bf16 or i8")
       ->capture_default_str();
   cmd->add_option("--threads", args->threads, "threads (default: all cores)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, 4096));
   cmd->add_option("--seed", args->seed, "seed of the weights, embeddings and prompt")
       ->capture_default_str();
   cmd->add_flag("--json", args->json, "print one JSON object instead of text");
