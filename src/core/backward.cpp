@@ -133,6 +133,13 @@ BackwardPlan make_backward_plan(const BackwardProblem& bp) {
   }
   plan.groups_per_round = std::max<std::int64_t>(
       1, std::min<std::int64_t>(plan.groups, static_cast<std::int64_t>(budget / group_bytes)));
+  // Each round ends at a barrier, so its items should split evenly over the threads: with rounds
+  // of whole multiples of the thread count, every thread gets the same mix of chunk sizes (3
+  // groups of 1.5 + 1.5 + 1 chunk costs left one of 2 threads idle for a sixth of each round).
+  // Rounds only decide which groups share the packed memory, never a result: groups are
+  // independent and d(scale) is summed in (group, chunk) order across rounds.
+  if (plan.groups_per_round < plan.groups && plan.groups_per_round > plan.threads)
+    plan.groups_per_round -= plan.groups_per_round % plan.threads;
   return plan;
 }
 
@@ -525,13 +532,18 @@ double run_backward(const BackwardProblem& bp, const BackwardPlan& plan) {
         else
           pack_query_head(bp, plan, round + g, part - 1, group);
       }
-      // Largest items first; each item's result does not depend on who runs it or when.
+      // Group by group (the threads share one group's packed data in the caches), largest items
+      // first within a group; each item's result does not depend on who runs it or when.
 #pragma omp single
       {
         std::vector<std::size_t> order(items.size());
         for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-        std::stable_sort(order.begin(), order.end(),
-                         [&](std::size_t a, std::size_t b) { return items[a].cost > items[b].cost; });
+        std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+          const Item& x = items[a];
+          const Item& y = items[b];
+          return x.group_in_round != y.group_in_round ? x.group_in_round < y.group_in_round
+                                                      : x.cost > y.cost;
+        });
         std::vector<Item> sorted;
         for (std::size_t i : order) sorted.push_back(items[i]);
         items = sorted;
