@@ -149,15 +149,27 @@ class KvCache::Impl::PageSource final : public DecodeSource {
             float*) const override {
     const std::int64_t bt = cache_.config.block_tokens;
     const bool scaled = cache_.config.storage == KvStorage::i8;
-    for (int c = 0; c < count; ++c) {
+    const std::size_t k_step = static_cast<std::size_t>(cache_.row_k) * cache_.elem;
+    const std::size_t v_step = static_cast<std::size_t>(cache_.row_v) * cache_.elem;
+    // One division per page the chunk touches, not per key: a page's rows of one head are
+    // consecutive.
+    for (int c = 0; c < count;) {
       const std::int64_t j = key0 + c;
-      const std::size_t r = cache_.row_index(pages_[static_cast<std::size_t>(j / bt)], hk, j % bt);
-      k_rows[c] = cache_.keys.data() + r * static_cast<std::size_t>(cache_.row_k) * cache_.elem;
-      v_rows[c] = cache_.values.data() + r * static_cast<std::size_t>(cache_.row_v) * cache_.elem;
-      if (scaled) {
-        k_scales[c] = cache_.key_scales[r];
-        v_scales[c] = cache_.value_scales[r];
+      const std::int64_t token = j % bt;
+      const int run = static_cast<int>(std::min<std::int64_t>(count - c, bt - token));
+      const std::size_t r = cache_.row_index(pages_[static_cast<std::size_t>(j / bt)], hk, token);
+      const unsigned char* k = cache_.keys.data() + r * k_step;
+      const unsigned char* v = cache_.values.data() + r * v_step;
+      for (int n = 0; n < run; ++n) {
+        k_rows[c + n] = k + static_cast<std::size_t>(n) * k_step;
+        v_rows[c + n] = v + static_cast<std::size_t>(n) * v_step;
       }
+      if (scaled)
+        for (int n = 0; n < run; ++n) {
+          k_scales[c + n] = cache_.key_scales[r + static_cast<std::size_t>(n)];
+          v_scales[c + n] = cache_.value_scales[r + static_cast<std::size_t>(n)];
+        }
+      c += run;
     }
   }
 

@@ -4,9 +4,11 @@
 //
 // For every query row r of one (batch, kv-head) and the chunk's keys c (decode.hpp):
 //   S[r][c] = q_r · k_c            kRowBlock rows at a time: each key row is loaded once per block
-//   t = S·scale + bias, −inf where masked;  m = max t;  P = exp(t − m);  l = Σ P;  (u = Σ P·(t −
-//   m)) acc[r] = Σ_c P[r][c] · v_c     register blocks of kRowBlock rows × kValueVectors vectors,
-//                                  keys with P = 0 skipped (a masked key's value never reaches acc)
+//   t = S·scale + bias, −inf where masked;  m = max t;  P = exp(t − m);  l = Σ P;  (u = Σ P·(t − m))
+//   acc[r] = Σ_c P[r][c] · v_c     register blocks of kRowBlock rows × 2·kValuePairs vectors; keys
+//                                  a row does not see skipped (their value never reaches acc); no
+//                                  test per key when every row sees the whole chunk
+// int8 scales are applied once per (row, key): to the score (key scale) and to P (value scale).
 // Key and value rows are read where they are (f32), or widened from bf16 / int8 in registers (the
 // ISA translation units define __AVX512F__ / __AVX2__ through their flags; the scalar one neither).
 
@@ -14,7 +16,6 @@ namespace sdpa::kernels::SDPA_KERNEL_NS {
 namespace {
 
 constexpr int kRowBlock = 4;                         // query rows per register block
-constexpr int kValueVectors = kLanes >= 16 ? 4 : 2;  // value vectors per register block
 
 // kLanes elements of a key/value row from element d on, as floats (int8: without its scale).
 template <RowType kType>
@@ -53,6 +54,66 @@ V load_elements(const void* row, std::int64_t d) {
     return Simd::load(lanes);
 #endif
   }
+}
+
+// Rows are read two vectors (2·kLanes elements) at a time. f32 and int8 pairs are elements
+// [d, d + kLanes) and [d + kLanes, d + 2·kLanes). A bf16 pair on AVX-512 is one 64-byte load split
+// by an AND and a shift into the even elements d, d + 2, … and the odd ones d + 1, d + 3, … (two
+// integer operations for 32 elements instead of a widening shuffle and a shift per 16): the query
+// rows are permuted the same way (permute_pairs) and the value accumulators interleaved back on
+// their store (store_pair), so no product changes, only the order elements sit in registers.
+template <RowType kType>
+constexpr bool kEvenOdd =
+#if defined(__AVX512F__)
+    kType == RowType::bf16;
+#else
+    false;
+#endif
+
+template <RowType kType>
+[[gnu::always_inline]] inline void load_pair(const void* row, std::int64_t d, V& first, V& second) {
+#if defined(__AVX512F__)
+  if constexpr (kEvenOdd<kType>) {
+    const __m512i bits =
+        _mm512_loadu_si512(static_cast<const std::uint16_t*>(row) + d);
+    first = _mm512_castsi512_ps(_mm512_slli_epi32(bits, 16));
+    second = _mm512_castsi512_ps(_mm512_and_si512(bits, _mm512_set1_epi32(-65536)));
+    return;
+  }
+#endif
+  first = load_elements<kType>(row, d);
+  second = load_elements<kType>(row, d + kLanes);
+}
+
+// The query layout of load_pair: within each whole pair of vectors, even elements then odd ones
+// (bf16 on AVX-512); a trailing single vector and every other type stay in order.
+template <RowType kType>
+void permute_pairs(const float* q, std::int64_t n, float* out) {
+  std::int64_t d = 0;
+  if constexpr (kEvenOdd<kType>)
+    for (; d + 2 * kLanes <= n; d += 2 * kLanes)
+      for (int i = 0; i < kLanes; ++i) {
+        out[d + i] = q[d + 2 * i];
+        out[d + kLanes + i] = q[d + 2 * i + 1];
+      }
+  for (; d < n; ++d) out[d] = q[d];
+}
+
+// Stores two accumulator vectors of load_pair's layout as elements [d, d + 2·kLanes) in order.
+template <RowType kType>
+[[gnu::always_inline]] inline void store_pair(float* out, V first, V second) {
+#if defined(__AVX512F__)
+  if constexpr (kEvenOdd<kType>) {
+    const __m512i low = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i high =
+        _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    Simd::store(out, _mm512_permutex2var_ps(first, low, second));
+    Simd::store(out + kLanes, _mm512_permutex2var_ps(first, high, second));
+    return;
+  }
+#endif
+  Simd::store(out, first);
+  Simd::store(out + kLanes, second);
 }
 
 constexpr int kMaxChunkKeys = 256;  // the split rule's chunk size (core/decode.hpp)
@@ -120,24 +181,39 @@ inline V transpose_sum(V (&a)[kLanes]) {
 
 constexpr int kTreeKeys = kLanes / kRowBlock;  // keys per transpose-summed block (4 on AVX-512)
 static_assert(kTreeKeys * kRowBlock == kLanes, "a score block fills one vector of sums");
+constexpr int kMaxDim = 1024;  // the largest padded head dimension (core/decode.hpp)
 
-// scores[r][c .. c + kTreeKeys) = q_r · k_c (times the key's int8 scale) for kRowBlock rows from
-// r0: kLanes accumulator chains (row i, key n at index i·kTreeKeys + n), each key vector widened
-// once and each query vector loaded once per step, the kLanes dot products summed by one
-// transpose_sum.
+// scores[r][c .. c + kTreeKeys) = q_r · k_c for the kRowBlock rows of `q` (load_pair's layout,
+// row stride dk): kLanes accumulator chains (row i, key n at index i·kTreeKeys + n), each key
+// vector widened once and each query vector loaded once per step, the kLanes dot products summed by
+// one transpose_sum.
 template <RowType kType>
-void score_block_tree(const DecodeShape& shape, const DecodeRows& rows, const DecodeChunk& chunk,
-                      int r0, int c, float* scores, std::int64_t ld) {
-  const std::int64_t dk = shape.dim_k_pad;
-  const float* q = rows.q + r0 * dk;
+[[gnu::always_inline]] inline void score_block_tree(const float* q, std::int64_t dk,
+                                                    const DecodeChunk& chunk, int c, bool prefetch,
+                                                    float* scores, std::int64_t ld) {
   V acc[kLanes];
 #pragma GCC unroll 16
   for (int j = 0; j < kLanes; ++j) acc[j] = Simd::zero();
-  if (r0 == 0)
+  if (prefetch)
     for (int n = 0; n < kTreeKeys; ++n)
       if (c + n + kPrefetchKeys < chunk.count)
         prefetch_row<kType>(chunk.k_rows[c + n + kPrefetchKeys], dk);
-  for (std::int64_t d = 0; d < dk; d += kLanes) {
+  std::int64_t d = 0;
+  for (; d + 2 * kLanes <= dk; d += 2 * kLanes) {
+    V k0[kTreeKeys], k1[kTreeKeys];
+#pragma GCC unroll 4
+    for (int n = 0; n < kTreeKeys; ++n) load_pair<kType>(chunk.k_rows[c + n], d, k0[n], k1[n]);
+#pragma GCC unroll 4
+    for (int i = 0; i < kRowBlock; ++i) {
+      const V q0 = Simd::load(q + i * dk + d), q1 = Simd::load(q + i * dk + d + kLanes);
+#pragma GCC unroll 4
+      for (int n = 0; n < kTreeKeys; ++n) {
+        acc[i * kTreeKeys + n] = Simd::fma(q0, k0[n], acc[i * kTreeKeys + n]);
+        acc[i * kTreeKeys + n] = Simd::fma(q1, k1[n], acc[i * kTreeKeys + n]);
+      }
+    }
+  }
+  if (d < dk) {  // a last single vector
     V k[kTreeKeys];
 #pragma GCC unroll 4
     for (int n = 0; n < kTreeKeys; ++n) k[n] = load_elements<kType>(chunk.k_rows[c + n], d);
@@ -149,46 +225,75 @@ void score_block_tree(const DecodeShape& shape, const DecodeRows& rows, const De
         acc[i * kTreeKeys + n] = Simd::fma(qv, k[n], acc[i * kTreeKeys + n]);
     }
   }
-  float sums[kLanes];
-  Simd::store(sums, transpose_sum(acc));
-#pragma GCC unroll 4
-  for (int n = 0; n < kTreeKeys; ++n) {
-    const float k_scale = kType == RowType::i8 ? chunk.k_scales[c + n] : 1.0f;
-#pragma GCC unroll 4
-    for (int i = 0; i < kRowBlock; ++i)
-      scores[(r0 + i) * ld + c + n] = sums[i * kTreeKeys + n] * k_scale;
-  }
+  const V sums = transpose_sum(acc);  // lane i·kTreeKeys + n: row i, key c + n
+#if defined(__AVX512F__)
+  static_assert(kTreeKeys == 4, "one 128-bit block per row");
+  _mm_storeu_ps(scores + c, _mm512_castps512_ps128(sums));
+  _mm_storeu_ps(scores + ld + c, _mm512_extractf32x4_ps(sums, 1));
+  _mm_storeu_ps(scores + 2 * ld + c, _mm512_extractf32x4_ps(sums, 2));
+  _mm_storeu_ps(scores + 3 * ld + c, _mm512_extractf32x4_ps(sums, 3));
+#else
+  float lanes[kLanes];
+  Simd::store(lanes, sums);
+  for (int i = 0; i < kRowBlock; ++i)
+    std::memcpy(scores + i * ld + c, lanes + i * kTreeKeys, sizeof(float) * kTreeKeys);
+#endif
 }
 
 // The same for one key (the chunk's last count mod kTreeKeys keys): one horizontal sum per row.
 template <RowType kType>
-void score_one(const DecodeShape& shape, const DecodeRows& rows, const DecodeChunk& chunk, int r0,
-               int c, float* scores, std::int64_t ld) {
-  const std::int64_t dk = shape.dim_k_pad;
-  const float* q = rows.q + r0 * dk;
+void score_one(const float* q, std::int64_t dk, const DecodeChunk& chunk, int c, float* scores,
+               std::int64_t ld) {
   V acc[kRowBlock];
 #pragma GCC unroll 4
   for (int i = 0; i < kRowBlock; ++i) acc[i] = Simd::zero();
-  for (std::int64_t d = 0; d < dk; d += kLanes) {
+  std::int64_t d = 0;
+  for (; d + 2 * kLanes <= dk; d += 2 * kLanes) {
+    V k0, k1;
+    load_pair<kType>(chunk.k_rows[c], d, k0, k1);
+#pragma GCC unroll 4
+    for (int i = 0; i < kRowBlock; ++i) {
+      acc[i] = Simd::fma(Simd::load(q + i * dk + d), k0, acc[i]);
+      acc[i] = Simd::fma(Simd::load(q + i * dk + d + kLanes), k1, acc[i]);
+    }
+  }
+  if (d < dk) {
     const V k = load_elements<kType>(chunk.k_rows[c], d);
 #pragma GCC unroll 4
     for (int i = 0; i < kRowBlock; ++i) acc[i] = Simd::fma(Simd::load(q + i * dk + d), k, acc[i]);
   }
-  const float k_scale = kType == RowType::i8 ? chunk.k_scales[c] : 1.0f;
 #pragma GCC unroll 4
-  for (int i = 0; i < kRowBlock; ++i)
-    scores[(r0 + i) * ld + c] = Simd::reduce_add(acc[i]) * k_scale;
+  for (int i = 0; i < kRowBlock; ++i) scores[i * ld + c] = Simd::reduce_add(acc[i]);
+}
+
+// row[c] *= scales[c] for c < count (int8 rows: the key scale onto each score, the value scale
+// onto each weight — once per (row, key), not once per element).
+inline void scale_row(float* row, const float* scales, int count) {
+  int c = 0;
+  for (; c + kLanes <= count; c += kLanes)
+    Simd::store(row + c, Simd::mul(Simd::load(row + c), Simd::load(scales + c)));
+  for (; c < count; ++c) row[c] *= scales[c];
 }
 
 template <RowType kType>
 void chunk_scores(const DecodeShape& shape, const DecodeRows& rows, const DecodeChunk& chunk,
                   float* scores, std::int64_t ld) {
+  const std::int64_t dk = shape.dim_k_pad;
+  alignas(64) float permuted[kEvenOdd<kType> ? kRowBlock * kMaxDim : 1];
   for (int r0 = 0; r0 < rows.rows_pad; r0 += kRowBlock) {
+    const float* q = rows.q + r0 * dk;
+    if constexpr (kEvenOdd<kType>) {
+      for (int i = 0; i < kRowBlock; ++i) permute_pairs<kType>(q + i * dk, dk, permuted + i * dk);
+      q = permuted;
+    }
+    float* block = scores + r0 * ld;
     int c = 0;
     for (; c + kTreeKeys <= chunk.count; c += kTreeKeys)
-      score_block_tree<kType>(shape, rows, chunk, r0, c, scores, ld);
-    for (; c < chunk.count; ++c) score_one<kType>(shape, rows, chunk, r0, c, scores, ld);
+      score_block_tree<kType>(q, dk, chunk, c, r0 == 0, block, ld);
+    for (; c < chunk.count; ++c) score_one<kType>(q, dk, chunk, c, block, ld);
   }
+  if constexpr (kType == RowType::i8)
+    for (int r = 0; r < rows.rows_pad; ++r) scale_row(scores + r * ld, chunk.k_scales, chunk.count);
 }
 
 // A weight of −0 marks a key the row does not see (chunk_softmax): its value is never read, so a
@@ -197,87 +302,96 @@ void chunk_scores(const DecodeShape& shape, const DecodeRows& rows, const Decode
 // hidden by rounding (the fp64 reference, whose weight does not underflow, is non-finite too).
 inline bool hidden(float w) { return w == 0.0f && __builtin_signbit(w); }
 
-// acc[r][d0 .. d0 + kVectors·kLanes) = Σ_c P[r][c]·v_c for one register block of rows.
-template <RowType kType, int kVectors>
+// acc[r][d0 .. d0 + (2·kPairs + kSingle)·kLanes) = Σ_c P[r][c]·v_c for one register block of rows
+// (P already times the int8 value scale). kAllVisible: every row of the call sees every key of the
+// chunk (no −0 weight), so no weight is tested.
+template <RowType kType, int kPairs, int kSingle, bool kAllVisible>
 void value_block(const DecodeChunk& chunk, const float* p, std::int64_t ld, int r0, std::int64_t d0,
                  float* acc_out, std::int64_t acc_ld, std::int64_t dv) {
+  constexpr int kVectors = 2 * kPairs + kSingle;
   V acc[kRowBlock][kVectors];
 #pragma GCC unroll 4
   for (int i = 0; i < kRowBlock; ++i)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int x = 0; x < kVectors; ++x) acc[i][x] = Simd::zero();
+  const float* w_row = p + r0 * ld;
+  // The first pass over the values (d0 = 0, r0 = 0) brings in the whole rows the later ones
+  // reuse.
+  const bool prefetch = d0 == 0 && r0 == 0;
   for (int c = 0; c < chunk.count; ++c) {
-    // The first pass over the values (d0 = 0, r0 = 0) brings in the whole rows the later ones
-    // reuse.
-    if (d0 == 0 && r0 == 0 && c + kPrefetchKeys < chunk.count)
+    if (prefetch && c + kPrefetchKeys < chunk.count)
       prefetch_row<kType>(chunk.v_rows[c + kPrefetchKeys], dv);
-    float weight[kRowBlock];
-    bool any = false, all = true;
+    bool all = true;
+    if constexpr (!kAllVisible) {
+      bool any = false;
 #pragma GCC unroll 4
-    for (int i = 0; i < kRowBlock; ++i) {
-      weight[i] = p[(r0 + i) * ld + c];
-      any |= !hidden(weight[i]);
-      all &= !hidden(weight[i]);
+      for (int i = 0; i < kRowBlock; ++i) {
+        any |= !hidden(w_row[i * ld + c]);
+        all &= !hidden(w_row[i * ld + c]);
+      }
+      if (!any) continue;
     }
-    if (!any) continue;
-    const float v_scale = kType == RowType::i8 ? chunk.v_scales[c] : 1.0f;
     V v[kVectors];
 #pragma GCC unroll 4
-    for (int x = 0; x < kVectors; ++x)
-      v[x] = load_elements<kType>(chunk.v_rows[c], d0 + x * kLanes);
+    for (int x = 0; x < kPairs; ++x)
+      load_pair<kType>(chunk.v_rows[c], d0 + 2 * x * kLanes, v[2 * x], v[2 * x + 1]);
+    if constexpr (kSingle == 1)
+      v[kVectors - 1] = load_elements<kType>(chunk.v_rows[c], d0 + 2 * kPairs * kLanes);
     if (all) {  // the usual case: every row sees the key, no branch per row
 #pragma GCC unroll 4
       for (int i = 0; i < kRowBlock; ++i) {
-        const V w = Simd::set1(weight[i] * v_scale);
-#pragma GCC unroll 4
+        const V w = Simd::set1(w_row[i * ld + c]);
+#pragma GCC unroll 8
         for (int x = 0; x < kVectors; ++x) acc[i][x] = Simd::fma(w, v[x], acc[i][x]);
       }
       continue;
     }
 #pragma GCC unroll 4
     for (int i = 0; i < kRowBlock; ++i) {
-      if (hidden(weight[i])) continue;  // masked: its value is not read
-      const V w = Simd::set1(weight[i] * v_scale);
-#pragma GCC unroll 4
+      if (hidden(w_row[i * ld + c])) continue;  // masked: its value is not read
+      const V w = Simd::set1(w_row[i * ld + c]);
+#pragma GCC unroll 8
       for (int x = 0; x < kVectors; ++x) acc[i][x] = Simd::fma(w, v[x], acc[i][x]);
     }
   }
 #pragma GCC unroll 4
-  for (int i = 0; i < kRowBlock; ++i)
+  for (int i = 0; i < kRowBlock; ++i) {
+    float* out = acc_out + (r0 + i) * acc_ld + d0;
 #pragma GCC unroll 4
-    for (int x = 0; x < kVectors; ++x)
-      Simd::store(acc_out + (r0 + i) * acc_ld + d0 + x * kLanes, acc[i][x]);
+    for (int x = 0; x < kPairs; ++x)
+      store_pair<kType>(out + 2 * x * kLanes, acc[i][2 * x], acc[i][2 * x + 1]);
+    if constexpr (kSingle == 1) Simd::store(out + 2 * kPairs * kLanes, acc[i][kVectors - 1]);
+  }
 }
 
-template <RowType kType>
+constexpr int kValuePairs = kLanes >= 16 ? 2 : 1;  // pairs of value vectors per register block
+
+template <RowType kType, bool kAllVisible>
 void chunk_values(const DecodeShape& shape, const DecodeRows& rows, const DecodeChunk& chunk,
                   const float* p, std::int64_t ld, float* acc) {
   const std::int64_t dv = shape.dim_v_pad;
-  for (std::int64_t d0 = 0; d0 < dv; d0 += kValueVectors * kLanes) {
-    const int vectors = static_cast<int>(min_i64(kValueVectors, (dv - d0) / kLanes));
+  for (std::int64_t d0 = 0; d0 < dv;) {
+    const std::int64_t vectors = (dv - d0) / kLanes;
     for (int r0 = 0; r0 < rows.rows_pad; r0 += kRowBlock) {
-      switch (vectors) {
-        case 1:
-          value_block<kType, 1>(chunk, p, ld, r0, d0, acc, dv, dv);
-          break;
-        case 2:
-          value_block<kType, 2>(chunk, p, ld, r0, d0, acc, dv, dv);
-          break;
-        case 3:
-          value_block<kType, kValueVectors >= 3 ? 3 : 1>(chunk, p, ld, r0, d0, acc, dv, dv);
-          break;
-        default:
-          value_block<kType, kValueVectors>(chunk, p, ld, r0, d0, acc, dv, dv);
-          break;
-      }
+      if (vectors >= 2 * kValuePairs)
+        value_block<kType, kValuePairs, 0, kAllVisible>(chunk, p, ld, r0, d0, acc, dv, dv);
+      else if (vectors == 3)
+        value_block<kType, 1, 1, kAllVisible>(chunk, p, ld, r0, d0, acc, dv, dv);
+      else if (vectors == 2)
+        value_block<kType, 1, 0, kAllVisible>(chunk, p, ld, r0, d0, acc, dv, dv);
+      else
+        value_block<kType, 0, 1, kAllVisible>(chunk, p, ld, r0, d0, acc, dv, dv);
     }
+    d0 += std::min<std::int64_t>(vectors, 2 * kValuePairs) * kLanes;
   }
 }
 
 // Scores → probabilities relative to each row's chunk maximum; fills the chunk state's m, l, u.
-void chunk_softmax(const DecodeShape& shape, const DecodeRows& rows, const DecodeChunk& chunk,
+// Returns whether every query row (padding rows aside) sees every key of the chunk.
+bool chunk_softmax(const DecodeShape& shape, const DecodeRows& rows, const DecodeChunk& chunk,
                    const ChunkState& state, float* scores, std::int64_t ld) {
   const std::int64_t key_end = chunk.key0 + chunk.count;
+  bool all_visible = true;
   for (int r = 0; r < rows.rows_pad; ++r) {
     float* row = scores + r * ld;
     for (std::int64_t c = chunk.count; c < ld; ++c) row[c] = 0.0f;  // lane padding
@@ -299,19 +413,30 @@ void chunk_softmax(const DecodeShape& shape, const DecodeRows& rows, const Decod
       state.max[r] = row_max;
       state.sum[r] = 0.0f;
       for (std::int64_t c = 0; c < ld; ++c) row[c] = -0.0f;  // hidden (value_block)
+      all_visible &= r >= rows.rows;
       continue;
     }
     const float base = nan_logit ? 0.0f : row_max;
     state.max[r] = base;
     // Keys the row does not see have logit −inf (range, mask, −inf bias, a logit overflowing
     // to −inf): their weights become −0 after the exponential (value_block skips exactly those).
+    // Whether any logit is −inf: the largest −t is +inf (max(x, acc) keeps acc when x is NaN, so
+    // a NaN logit never hides one). Only then are the keys listed one by one.
+    V negated = Simd::zero();
+    for (std::int64_t c = 0; c < ld; c += kLanes)
+      negated = Simd::max(Simd::sub(Simd::zero(), Simd::load(row + c)), negated);
+    const bool any_masked = Simd::reduce_max(negated) == -kNegInf;
     std::uint8_t masked[kMaxChunkKeys];
-    for (std::int64_t c = 0; c < chunk.count; ++c) masked[c] = row[c] == kNegInf;
+    if (any_masked)
+      for (std::int64_t c = 0; c < chunk.count; ++c) masked[c] = row[c] == kNegInf;
     state.sum[r] = state.moment != nullptr ? exp_row_with_moment(row, ld, base, &state.moment[r])
                                            : exp_row(row, ld, base);
-    for (std::int64_t c = 0; c < chunk.count; ++c)
-      if (masked[c]) row[c] = -0.0f;
+    if (any_masked)
+      for (std::int64_t c = 0; c < chunk.count; ++c)
+        if (masked[c]) row[c] = -0.0f;
+    all_visible &= !any_masked || r >= rows.rows;
   }
+  return all_visible;
 }
 
 template <RowType kKeys, RowType kValues>
@@ -319,8 +444,13 @@ void decode_chunk_typed(const DecodeShape& shape, const DecodeRows& rows, const 
                         const ChunkState& state, float* scores) {
   const std::int64_t ld = round_up(chunk.count, kLanes);
   chunk_scores<kKeys>(shape, rows, chunk, scores, ld);
-  chunk_softmax(shape, rows, chunk, state, scores, ld);
-  chunk_values<kValues>(shape, rows, chunk, scores, ld, state.acc);
+  const bool all_visible = chunk_softmax(shape, rows, chunk, state, scores, ld);
+  if constexpr (kValues == RowType::i8)  // −0 (hidden) stays −0: scales are ≥ 0
+    for (int r = 0; r < rows.rows_pad; ++r) scale_row(scores + r * ld, chunk.v_scales, chunk.count);
+  if (all_visible)
+    chunk_values<kValues, true>(shape, rows, chunk, scores, ld, state.acc);
+  else
+    chunk_values<kValues, false>(shape, rows, chunk, scores, ld, state.acc);
 }
 
 void decode_chunk(const DecodeShape& shape, const DecodeRows& rows, const DecodeChunk& chunk,
