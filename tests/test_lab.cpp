@@ -14,6 +14,7 @@
 #include "lab/random.hpp"
 #include "lab/task.hpp"
 #include "lab/training.hpp"
+#include "sdpa/kv_cache.hpp"
 
 namespace sdpa::lab {
 namespace {
@@ -184,6 +185,36 @@ TEST(LabReport, MissingChartJsIsAnIoErrorNamingThePackage) {
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("libjs-chart.js"), std::string::npos) << e.what();
   }
+}
+
+// The KvCache evaluation reads the stored rows: fp32 storage gives the fp32 forward's answers and
+// loss (the same kernel over the same values), bf16 and int8 storage change the loss (the
+// quantized rows are what the attention reads) by a bounded amount and leave almost every answer
+// of a trained model unchanged.
+TEST(LabModels, KvCacheStorageIsWhatTheAttentionReadsAndKeepsATrainedModelsAnswers) {
+  TrainConfig config;
+  config.steps = 150, config.eval_size = 128;
+  const RetrievalTask task(config, task_seed(config));
+  const RetrievalBatch eval_set = held_out_set(config);
+  auto model = make_dot_product_model(config, ScaleMode::scaled, init_seed(config));
+  train(*model, task, config, eval_set, config.seed + 2, "scaled", {});
+  const BatchResult exact = model->run(eval_set, false);
+  ASSERT_GE(exact.accuracy, 0.5) << "the model should have learned the task in 150 steps";
+  const BatchResult f32 = model->run_with_kv_cache(eval_set, KvStorage::f32);
+  EXPECT_NEAR(f32.loss, exact.loss, 1e-6 * exact.loss);
+  EXPECT_EQ(f32.predictions, exact.predictions);
+  for (const auto& [storage, bound] : {std::pair{KvStorage::bf16, 0.001}, {KvStorage::i8, 0.01}}) {
+    const BatchResult r = model->run_with_kv_cache(eval_set, storage);
+    EXPECT_NE(r.loss, exact.loss) << kv_storage_name(storage) << ": the quantized rows are not read";
+    EXPECT_LE(std::abs(r.loss - exact.loss), bound * exact.loss) << kv_storage_name(storage);
+    std::size_t changed = 0;
+    for (std::size_t s = 0; s < r.predictions.size(); ++s)
+      changed += r.predictions[s] != exact.predictions[s] ? 1 : 0;
+    EXPECT_LE(changed, 2u) << kv_storage_name(storage);
+  }
+  // The additive model has no dot-product attention to cache.
+  auto additive = make_additive_model(config, init_seed(config));
+  EXPECT_THROW(additive->run_with_kv_cache(eval_set, KvStorage::f32), Error);
 }
 
 }  // namespace

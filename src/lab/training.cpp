@@ -80,6 +80,7 @@ struct Readout {
                 logits.data(), vocabulary);
     layer::add_to_rows(logits.data(), b.data(), B, vocabulary);
     BatchResult result;
+    result.predictions.resize(static_cast<std::size_t>(B));
     std::vector<float> dlogits(logits.size());
     for (std::int64_t s = 0; s < B; ++s) {
       const float* row = logits.data() + s * vocabulary;
@@ -88,6 +89,7 @@ struct Readout {
       double sum = 0;
       for (std::int64_t c = 0; c < vocabulary; ++c) sum += std::exp(row[c] - max_logit);
       const std::int32_t answer = batch.answers[s];
+      result.predictions[static_cast<std::size_t>(s)] = static_cast<std::int32_t>(best);
       result.loss += (std::log(sum) + max_logit - row[answer]) / static_cast<double>(B);
       result.accuracy += (best == answer ? 1.0 : 0.0) / static_cast<double>(B);
       for (std::int64_t c = 0; c < vocabulary; ++c)
@@ -174,6 +176,54 @@ class DotProductModel final : public RetrievalModel {
     return result;
   }
 
+  BatchResult run_with_kv_cache(const RetrievalBatch& batch, KvStorage storage) override {
+    const std::int64_t B = batch.size, N = config_.pairs, d = config_.d_model;
+    const std::int64_t h = layer_.config().heads, dk = layer_.config().d_k;
+    const std::int64_t h_kv = layer_.config().kv_heads, dv = layer_.config().d_v;
+    const MhaParameters& w = layer_.parameters();
+    // The layer's projections (MultiHeadAttention's header): q [B, h·dk], k [B·N, h_kv·dk], v
+    // [B·N, h_kv·dv].
+    std::vector<float> q(static_cast<std::size_t>(B * h * dk));
+    std::vector<float> k(static_cast<std::size_t>(B * N * h_kv * dk));
+    std::vector<float> v(static_cast<std::size_t>(B * N * h_kv * dv));
+    layer::gemm(false, false, B, h * dk, d, batch.queries.data(), d, w.w_q.data(), h * dk, 0.0f,
+                q.data(), h * dk);
+    layer::gemm(false, false, B * N, h_kv * dk, d, batch.items.data(), d, w.w_k.data(), h_kv * dk,
+                0.0f, k.data(), h_kv * dk);
+    layer::gemm(false, false, B * N, h_kv * dv, d, batch.items.data(), d, w.w_v.data(), h_kv * dv,
+                0.0f, v.data(), h_kv * dv);
+    if (!w.b_q.empty()) {
+      layer::add_to_rows(q.data(), w.b_q.data(), B, h * dk);
+      layer::add_to_rows(k.data(), w.b_k.data(), B * N, h_kv * dk);
+      layer::add_to_rows(v.data(), w.b_v.data(), B * N, h_kv * dv);
+    }
+    // One sequence per batch entry, its N items appended as the cached keys and values; the query
+    // (one position, which sees every cached item) attends through the cache.
+    const std::int64_t block_tokens = 64;
+    KvCache cache({h_kv, dk, dv, block_tokens, B * ((N + block_tokens - 1) / block_tokens),
+                   storage});
+    AttendOptions options;
+    options.scale = static_cast<float>(attention_scale());
+    options.threads = config_.threads;
+    std::vector<float> attention(static_cast<std::size_t>(B * h * dv));
+    for (std::int64_t s = 0; s < B; ++s) {
+      const int id = cache.add_sequence();
+      cache.append(id,
+                   Tensor::strided(k.data() + s * N * h_kv * dk, DType::f32, {h_kv, N, dk},
+                                   {dk, h_kv * dk, 1}),
+                   Tensor::strided(v.data() + s * N * h_kv * dv, DType::f32, {h_kv, N, dv},
+                                   {dv, h_kv * dv, 1}));
+      cache.attend(id, Tensor::contiguous(q.data() + s * h * dk, DType::f32, {h, 1, dk}),
+                   Tensor::contiguous(attention.data() + s * h * dv, DType::f32, {h, 1, dv}),
+                   options);
+    }
+    std::vector<float> y(static_cast<std::size_t>(B * d));
+    layer::gemm(false, false, B, d, h * dv, attention.data(), h * dv, w.w_o.data(), d, 0.0f,
+                y.data(), d);
+    if (!w.b_o.empty()) layer::add_to_rows(y.data(), w.b_o.data(), B, d);
+    return readout_.loss(y, batch, nullptr);
+  }
+
   std::vector<ParameterRef> parameters() override {
     MhaParameters& p = layer_.parameters();
     std::vector<ParameterRef> refs = {{p.w_q, grads_.w_q},       {p.w_k, grads_.w_k},
@@ -251,6 +301,10 @@ class AdditiveModel final : public RetrievalModel {
 };
 
 }  // namespace
+
+BatchResult RetrievalModel::run_with_kv_cache(const RetrievalBatch&, KvStorage) {
+  fail("run_with_kv_cache: this model has no dot-product attention to read a KV cache");
+}
 
 const char* scale_mode_name(ScaleMode mode) {
   switch (mode) {
@@ -345,14 +399,14 @@ Curve curve_from_json(const Json& j) {
 }
 
 std::vector<Curve> train_variants(const std::vector<Variant>& variants, const TrainConfig& config,
-                                  const std::string& experiment, const Progress& progress) {
+                                  const std::string& experiment, const Progress& progress,
+                                  std::vector<std::unique_ptr<RetrievalModel>>* trained) {
   if (config.steps < 1) fail("--steps = ", config.steps, ": expected >= 1");
   if (config.batch < 1) fail("--batch = ", config.batch, ": expected >= 1");
   if (config.eval_every < 1) fail("--eval-every = ", config.eval_every, ": expected >= 1");
   if (config.eval_size < 1) fail("--eval-size = ", config.eval_size, ": expected >= 1");
   const RetrievalTask task(config, task_seed(config));
-  Random eval_random(config.seed + 3);
-  const RetrievalBatch eval_set = task.sample(config.eval_size, eval_random);
+  const RetrievalBatch eval_set = held_out_set(config);
   std::vector<Curve> curves;
   const double total =
       static_cast<double>(variants.size() * static_cast<std::size_t>(config.steps));
@@ -368,8 +422,15 @@ std::vector<Curve> train_variants(const std::vector<Variant>& variants, const Tr
     };
     curves.push_back(
         train(*model, task, config, eval_set, config.seed + 2, variants[v].label, tick));
+    if (trained != nullptr) trained->push_back(std::move(model));
   }
   return curves;
+}
+
+RetrievalBatch held_out_set(const TrainConfig& config) {
+  const RetrievalTask task(config, task_seed(config));
+  Random eval_random(config.seed + 3);
+  return task.sample(config.eval_size, eval_random);
 }
 
 }  // namespace sdpa::lab

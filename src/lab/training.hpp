@@ -36,9 +36,11 @@ class Optimizer {
   std::vector<std::vector<float>> first_, second_;  // Adam's moments, one per parameter
 };
 
-/// Loss, accuracy and mean attention entropy (nats) of one batch.
+/// Loss, accuracy and mean attention entropy (nats) of one batch, and each sequence's predicted
+/// value symbol (the readout's argmax).
 struct BatchResult {
   double loss = 0, accuracy = 0, entropy = 0;
+  std::vector<std::int32_t> predictions;
 };
 
 class RetrievalModel {
@@ -50,6 +52,10 @@ class RetrievalModel {
   virtual std::int64_t parameter_count() const = 0;
   /// The attention's scale (logit multiplier) now; 0 where it has none.
   virtual double attention_scale() const { return 0; }
+  /// Forward (no training) with the attention reading its keys and values from an sdpa::KvCache
+  /// of the given storage (fp32, bf16 or int8 rows, one sequence per batch entry) instead of the
+  /// fp32 projections. Throws sdpa::Error for a model without dot-product attention.
+  virtual BatchResult run_with_kv_cache(const RetrievalBatch& batch, KvStorage storage);
 };
 
 /// How a dot-product model scales its logits.
@@ -99,8 +105,13 @@ struct Variant {
 
 /// Trains every variant on the same task, the same batches and the same held-out set (all drawn
 /// from config.seed), reporting overall progress as "<experiment> · <label> · step s/S · acc a".
+/// `trained`, when given, receives the trained models (in the order of `variants`).
 std::vector<Curve> train_variants(const std::vector<Variant>& variants, const TrainConfig& config,
-                                  const std::string& experiment, const Progress& progress);
+                                  const std::string& experiment, const Progress& progress,
+                                  std::vector<std::unique_ptr<RetrievalModel>>* trained = nullptr);
+
+/// The held-out set every variant is evaluated on (drawn from config.seed).
+RetrievalBatch held_out_set(const TrainConfig& config);
 
 /// The training config as JSON (an experiment's parameters), and a sentence describing the task.
 Json train_config_json(const TrainConfig& config);
