@@ -836,12 +836,16 @@ TEST_F(Cli, BenchDecodeReportsKvBytesGigabytesPerSecondAndPercentOfBandwidth) {
   EXPECT_NEAR(row["percent_of_bandwidth"].get<double>(),
               100 * gbps / j["bandwidth"]["gbps"].get<double>(), 1e-6 * gbps);
   EXPECT_GT(row["speedup_vs_prefill"].get<double>(), 0.0);
+  const double fastest = row["kv_bytes"].get<double>() / row["min_ms"].get<double>() * 1e-6;
+  EXPECT_NEAR(row["fastest_percent_of_bandwidth"].get<double>(),
+              100 * fastest / j["bandwidth"]["best_gbps"].get<double>(), 1e-6 * fastest);
 
   const CliResult table = run("bench --decode --decode-lengths 300 --heads 4 --heads-kv 2 --dim 16 "
                               "--repeats 1 --bandwidth-mib 16 --threads 1 --no-prefill");
   ASSERT_EQ(table.exit_code, 0) << table.err;
   EXPECT_NE(table.out.find("read bandwidth: 1 threads"), std::string::npos) << table.out;
   EXPECT_NE(table.out.find("% of read bandwidth, Lk=300 f32 tensors"), std::string::npos) << table.out;
+  EXPECT_NE(table.out.find("fastest repetitions: "), std::string::npos) << table.out;
   EXPECT_EQ(run("bench --decode --heads 6 --heads-kv 4").exit_code, 2);  // not a multiple
 
   // KvCache rows: bytes per token of f32 / bf16 / int8 storage (int8: + 4-byte scale per row).

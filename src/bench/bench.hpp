@@ -238,6 +238,9 @@ struct DecodeRow {
   double percent_of_bandwidth = 0;  ///< of the run's measured read bandwidth (median)
   double cpu_gbps = 0;              ///< kv_bytes / (median CPU time per thread)
   double cpu_percent_of_bandwidth = 0;  ///< of the bandwidth's cpu_gbps
+  /// kv_bytes / fastest repetition, of the bandwidth's fastest repetition (best_gbps): on a loaded
+  /// machine the medians include time a thread waited for a core, the fastest of each the least.
+  double fastest_percent_of_bandwidth = 0;
   std::optional<Timing> prefill;    ///< the prefill plan on the same call
   double speedup_vs_prefill = 0;
 };

@@ -156,6 +156,8 @@ DecodeReport run_decode_bench(const DecodeOptions& requested,
     row.percent_of_bandwidth = 100.0 * row.gbps / report.bandwidth.gbps;
     row.cpu_gbps = static_cast<double>(row.kv_bytes) / (both.cpu.median_s / o.threads) * 1e-9;
     row.cpu_percent_of_bandwidth = 100.0 * row.cpu_gbps / report.bandwidth.cpu_gbps;
+    row.fastest_percent_of_bandwidth = 100.0 * static_cast<double>(row.kv_bytes) /
+                                       row.time.min_s * 1e-9 / report.bandwidth.best_gbps;
     if (o.prefill) {
       row.prefill = time_repeats(
           [&] { forward_with_plan(tq, tk, tv, options, outputs, ForwardPlan::prefill); },
@@ -202,6 +204,8 @@ DecodeReport run_decode_bench(const DecodeOptions& requested,
       c.percent_of_bandwidth = 100.0 * c.gbps / report.bandwidth.gbps;
       c.cpu_gbps = static_cast<double>(c.kv_bytes) / (cache_times.cpu.median_s / o.threads) * 1e-9;
       c.cpu_percent_of_bandwidth = 100.0 * c.cpu_gbps / report.bandwidth.cpu_gbps;
+      c.fastest_percent_of_bandwidth = 100.0 * static_cast<double>(c.kv_bytes) / c.time.min_s *
+                                       1e-9 / report.bandwidth.best_gbps;
       report.rows.push_back(c);
       if (on_row) on_row(report);
     }
@@ -252,19 +256,22 @@ void print_decode_targets(std::ostream& os, const DecodeReport& report) {
           const double ratio = r.time.median_s / bf16.time.median_s;
           const double cpu_ratio = (static_cast<double>(r.kv_bytes) / r.cpu_gbps) /
                                    (static_cast<double>(bf16.kv_bytes) / bf16.cpu_gbps);
+          const double fastest_ratio = r.time.min_s / bf16.time.min_s;
           os << format(
               "target int8 cache time <= 0.6x bf16 cache time, Lk=%lld: %.2fx %s (on CPU time: "
-              "%.2fx %s)\n",
+              "%.2fx %s; fastest repetitions: %.2fx)\n",
               static_cast<long long>(r.length), ratio, ratio <= 0.6 ? "met" : "MISSED", cpu_ratio,
-              cpu_ratio <= 0.6 ? "met" : "MISSED");
+              cpu_ratio <= 0.6 ? "met" : "MISSED", fastest_ratio);
         }
       continue;
     }
+    const double fastest = r.fastest_percent_of_bandwidth;
     os << format(
-        "target >= 70%% of read bandwidth, Lk=%lld %s: %.1f%% %s (on CPU time: %.1f%% %s)\n",
+        "target >= 70%% of read bandwidth, Lk=%lld %s: %.1f%% %s (on CPU time: %.1f%% %s; "
+        "fastest repetitions: %.1f%%)\n",
         static_cast<long long>(r.length), r.storage.c_str(), r.percent_of_bandwidth,
         r.percent_of_bandwidth >= 70 ? "met" : "MISSED", r.cpu_percent_of_bandwidth,
-        r.cpu_percent_of_bandwidth >= 70 ? "met" : "MISSED");
+        r.cpu_percent_of_bandwidth >= 70 ? "met" : "MISSED", fastest);
   }
 }
 

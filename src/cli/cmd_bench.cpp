@@ -208,7 +208,8 @@ void run_decode(const BenchArgs& a) {
                 {"min_ms", row.time.min_s * 1e3}, {"gbps", row.gbps},
                 {"percent_of_bandwidth", row.percent_of_bandwidth},
                 {"cpu_gbps", row.cpu_gbps},
-                {"cpu_percent_of_bandwidth", row.cpu_percent_of_bandwidth}};
+                {"cpu_percent_of_bandwidth", row.cpu_percent_of_bandwidth},
+                {"fastest_percent_of_bandwidth", row.fastest_percent_of_bandwidth}};
       if (row.cache_bytes > 0) j["cache_bytes"] = row.cache_bytes;
       if (row.prefill) {
         j["prefill_time_ms"] = row.prefill->median_s * 1e3;
