@@ -49,6 +49,8 @@ struct Fp64Problem {
   std::int64_t window_left = -1, window_right = -1;
   std::vector<std::int32_t> key_lengths, query_lengths;
   double scale = 0.5;
+  double softcap = 0;          // 0 = off: logits c·tanh(scale·q·k / c) + bias
+  std::vector<double> sinks;   // empty, or [Hq]: an extra logit per head with no value
 
   // The bias shape padded to rank 4 with leading 1s.
   std::array<std::int64_t, 4> bias_shape4() const {
@@ -84,7 +86,9 @@ std::vector<double> fp64_forward(const Fp64Problem& p) {
     for (std::int64_t h = 0; h < p.Hq; ++h)
       for (std::int64_t i = 0; i < p.Lq; ++i) {
         const std::int64_t hk = h / (p.Hq / p.Hkv);
-        double max_s = neg_inf;
+        const bool real_row = i < (p.query_lengths.empty() ? p.Lq : p.query_lengths[at(b)]);
+        const double sink = p.sinks.empty() || !real_row ? neg_inf : p.sinks[at(h)];
+        double max_s = sink;
         for (std::int64_t j = 0; j < p.Lk; ++j) {
           s[at(j)] = neg_inf;
           if (!p.visible(b, h, i, j)) continue;
@@ -92,11 +96,13 @@ std::vector<double> fp64_forward(const Fp64Problem& p) {
           for (std::int64_t d = 0; d < p.Dk; ++d)
             dot += p.q[at(((b * p.Hq + h) * p.Lq + i) * p.Dk + d)] *
                    p.k[at(((b * p.Hkv + hk) * p.Lk + j) * p.Dk + d)];
-          s[at(j)] = p.scale * dot + (p.bias.empty() ? 0.0 : p.bias_at(b, h, i, j));
+          double score = p.scale * dot;
+          if (p.softcap > 0) score = p.softcap * std::tanh(score / p.softcap);
+          s[at(j)] = score + (p.bias.empty() ? 0.0 : p.bias_at(b, h, i, j));
           max_s = std::max(max_s, s[at(j)]);
         }
         if (max_s == neg_inf) continue;
-        double sum = 0;
+        double sum = std::exp(sink - max_s);
         for (std::int64_t j = 0; j < p.Lk; ++j) sum += std::exp(s[at(j)] - max_s);
         for (std::int64_t j = 0; j < p.Lk; ++j)
           for (std::int64_t d = 0; d < p.Dv; ++d)
@@ -133,7 +139,7 @@ std::vector<double> numerical_gradient(Fp64Problem& p, std::vector<double>& valu
 
 // The same problem as float tensors, owning their memory, with the validated BackwardProblem.
 struct LibraryCall {
-  std::vector<float> q, k, v, dout, bias, out, lse, dq, dk, dv, dbias;
+  std::vector<float> q, k, v, dout, bias, out, lse, dq, dk, dv, dbias, sinks, dsinks;
   std::vector<std::uint8_t> mask;
   std::vector<std::int32_t> key_lengths, query_lengths;
   BackwardProblem problem;
@@ -150,6 +156,8 @@ struct LibraryCall {
         dk(k.size()),
         dv(v.size()),
         dbias(bias.size()),
+        sinks(p.sinks.begin(), p.sinks.end()),
+        dsinks(sinks.size()),
         mask(p.mask),
         key_lengths(p.key_lengths),
         query_lengths(p.query_lengths) {
@@ -158,6 +166,7 @@ struct LibraryCall {
     };
     Options options;
     options.scale = static_cast<float>(p.scale);
+    options.softcap = static_cast<float>(p.softcap);
     options.causal = p.causal;
     if (p.window_left >= 0 || p.window_right >= 0)
       options.window = Window{p.window_left, p.window_right};
@@ -182,6 +191,10 @@ struct LibraryCall {
       }
       options.bias = b;
       grads.dbias = db;
+    }
+    if (!sinks.empty()) {
+      options.sinks = tensor(sinks, {p.Hq});
+      grads.dsinks = tensor(dsinks, {p.Hq});
     }
     problem = validate_backward(
         tensor(q, {p.B, p.Hq, p.Lq, p.Dk}), tensor(k, {p.B, p.Hkv, p.Lk, p.Dk}),
@@ -323,6 +336,38 @@ std::vector<FiniteDifferenceCase> finite_difference_cases() {
          p.scale = -1.25;
          return p;
        }},
+      {"SoftcapWithLogitsNearAndPastTheCap",
+       [] {  // scale·q·k reaches ±10 around the cap 3: tanh in its curved part and near saturation
+         Fp64Problem p = random_fp64_problem(16, 1, 2, 2, 5, 6, 3, 3);
+         p.scale = 3.0;
+         p.softcap = 3.0;
+         return p;
+       }},
+      {"SoftcapWithBiasMaskAndGroupedHeads",
+       [] {
+         Fp64Problem p = random_fp64_problem(17, 1, 4, 2, 5, 5, 3, 2);
+         p.softcap = 0.5;
+         p.causal = Causal::top_left;
+         add_bias(p, {1, 4, 5, 5}, 6);
+         return p;
+       }},
+      {"SinksIncludingDominatingAndNegativeInfinite",
+       [] {
+         Fp64Problem p = random_fp64_problem(18, 1, 4, 2, 5, 5, 3, 3);
+         p.sinks = {0.3, 4.0, -std::numeric_limits<double>::infinity(), -1.5};
+         return p;
+       }},
+      {"SinksWithSoftcapEmptyRowsAndLengths",
+       [] {  // bottom_right with Lq > Lk: rows 0, 1 see no key but the sink; batch 1 has padding
+         Fp64Problem p = random_fp64_problem(19, 2, 2, 1, 6, 4, 3, 3);
+         p.causal = Causal::bottom_right;
+         p.query_lengths = {6, 5};
+         p.softcap = 2.0;
+         p.scale = 1.5;
+         p.sinks = {0.5, -0.75};
+         add_bias(p, {2, 1, 6, 4});
+         return p;
+       }},
   };
 }
 
@@ -357,7 +402,10 @@ TEST_P(ReferenceBackwardFiniteDifferences, GradientsMatchCentralDifferencesOfThe
     return (plus - fp64_loss(with_scale)) / (2 * h);
   }();
   EXPECT_TRUE(matches_finite_differences("dscale", {dscale}, {r.dscale}));
-  for (const auto* g : {&r.dq, &r.dk, &r.dv, &r.dbias})
+  if (!p.sinks.empty()) {
+    EXPECT_TRUE(matches_finite_differences("dsinks", numerical_gradient(p, p.sinks), r.dsinks));
+  }
+  for (const auto* g : {&r.dq, &r.dk, &r.dv, &r.dbias, &r.dsinks})
     for (double x : *g) ASSERT_TRUE(std::isfinite(x));
 }
 
@@ -587,6 +635,12 @@ BackwardCase random_backward_case(std::uint64_t seed) {
   // milliseconds, and thread counts get their own determinism tests below.
   c.threads = rng.chance(0.2) ? static_cast<int>(rng.integer(2, 4)) : 1;
   what << " threads=" << c.threads;
+  random_softcap_and_sinks(rng, in, what);
+  g.want_dsinks = in.sinks && rng.chance(0.8);
+  if (g.want_dsinks) {
+    g.dsinks = random_layout(rng, 1, false);
+    what << " dsinks/" << g.dsinks.name;
+  }
   c.what = what.str();
   return c;
 }
@@ -967,6 +1021,31 @@ TEST_F(BackwardErrors, DbiasWithoutBiasIsRejected) {
   Options options = c.inputs.options();
   options.bias.reset();
   expect_error(c.dout.tensor, grads.grads(), options, {"grads.dbias", "options.bias"});
+}
+
+TEST_F(BackwardErrors, DsinksWithoutSinksIsRejected) {
+  GradBuffers grads = c.make_grads();
+  std::vector<float> dsinks(4);
+  Grads g = grads.grads();
+  g.dsinks = Tensor::contiguous(dsinks.data(), DType::f32, {4});
+  expect_error(c.dout.tensor, g, c.inputs.options(), {"grads.dsinks", "options.sinks"});
+}
+
+TEST_F(BackwardErrors, DsinksShapeOrStrideMismatchIsRejected) {
+  GradBuffers grads = c.make_grads();
+  std::vector<float> sinks(4, 0.5f), dsinks(8, 0.0f);
+  Options options = c.inputs.options();
+  options.sinks = Tensor::contiguous(sinks.data(), DType::f32, {4});
+  Grads g = grads.grads();
+  g.dsinks = Tensor::contiguous(dsinks.data(), DType::f32, {5});
+  expect_error(c.dout.tensor, g, options, {"grads.dsinks.shape[0] = 5", "q.shape[1] (Hq) = 4"});
+  g.dsinks = Tensor::contiguous(dsinks.data(), DType::f32, {2, 4});
+  expect_error(c.dout.tensor, g, options, {"grads.dsinks.rank", "got 2"});
+  g.dsinks = Tensor::strided(dsinks.data(), DType::f32, {4}, {0});
+  expect_error(c.dout.tensor, g, options, {"grads.dsinks.stride[0] = 0"});
+  for (const auto& all : all_grads(grads))
+    for (float x : all) EXPECT_TRUE(is_sentinel(x)) << "a gradient was written before the error";
+  for (float x : dsinks) EXPECT_EQ(x, 0.0f) << "dsinks was written before the error";
 }
 
 TEST_F(BackwardErrors, DbiasShapeMismatchNamesDbiasAndBias) {

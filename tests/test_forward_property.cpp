@@ -244,6 +244,7 @@ RandomCase random_case(std::uint64_t seed) {
     o.out_dtype = rng.chance(0.5) ? in.dtype : DType::f32;
     what << " dtype=" << dtype_name(in.dtype) << " out_dtype=" << dtype_name(o.out_dtype);
   }
+  random_softcap_and_sinks(rng, in, what);
   c.what = what.str();
   return c;
 }

@@ -495,7 +495,8 @@ struct References {
 
 /// Checks every output of a forward call against the references: the accuracy rule on out, lse and
 /// weights; rows the reference finds fully masked are exactly out = 0, lse = −inf, weights = 0;
-/// weights rows sum to 1 (0 when fully masked); nothing outside the output views was written.
+/// weights rows sum to the reference's row sum (1, or 1 − p_sink with an attention sink; 0 when
+/// fully masked); nothing outside the output views was written.
 inline ::testing::AssertionResult check_outputs(const References& refs, OutputBuffers& buffers,
                                                 std::int64_t len_k, std::int64_t dim_v) {
   const std::size_t rows = refs.ref64.lse.size();
@@ -540,8 +541,9 @@ inline ::testing::AssertionResult check_outputs(const References& refs, OutputBu
       // |Σ fast − 1| ≤ Σ |fast − ref64|: allow twice naive32's L1 error on the row, plus rounding.
       if (std::isnan(refs.ref64.lse[row])) continue;  // a NaN input's row: checked above
       const bool masked = refs.ref64.lse[row] == kNegInf64;
-      double sum = 0, naive_l1_error = 0;
+      double sum = 0, naive_l1_error = 0, expected = 0;
       for (std::size_t j = 0; j < Lk; ++j) {
+        expected += refs.ref64.weights[row * Lk + j];
         const float w = weights[row * Lk + j];
         if (masked && w != 0.0f)
           return ::testing::AssertionFailure() << "weights row " << row << " is fully masked but "
@@ -550,9 +552,9 @@ inline ::testing::AssertionResult check_outputs(const References& refs, OutputBu
         naive_l1_error += std::abs(refs.naive32.weights[row * Lk + j] - refs.ref64.weights[row * Lk + j]);
       }
       const double tolerance = 2 * naive_l1_error + 1e-5 + 2e-7 * static_cast<double>(Lk);
-      if (!masked && !(std::abs(sum - 1.0) <= tolerance))
+      if (!masked && !(std::abs(sum - expected) <= tolerance))
         return ::testing::AssertionFailure() << "weights row " << row << " sums to " << sum
-                                             << ", expected 1 within " << tolerance;
+                                             << ", expected " << expected << " within " << tolerance;
     }
   }
   return ::testing::AssertionSuccess();
@@ -567,10 +569,11 @@ struct Inputs {
   std::optional<Strided<std::uint8_t>> mask;
   std::optional<Strided<float>> bias;
   std::vector<std::int32_t> key_lengths, query_lengths;
-  Options base;  // scale, causal, window, threads, isa (mask/bias/lengths are taken from above)
+  Options base;  // scale, causal, window, softcap, threads, isa (mask/bias/lengths/sinks: above/below)
   // bf16 / f16 runs: q, k, v rounded to the dtype and their 16-bit twins (see set_dtype).
   DType dtype = DType::f32;
   std::optional<Strided<std::uint16_t>> q16{}, k16{}, v16{};
+  std::optional<Strided<float>> sinks{};  // [Hq]
 
   /// Makes the calls use `dtype` inputs: q, k, v are rounded to it (so the f32 tensors hold the
   /// exact values the 16-bit ones do) and `layouts` must be those q, k, v were created with.
@@ -590,6 +593,7 @@ struct Inputs {
     Options o = base;
     if (mask) o.mask = mask->tensor;
     if (bias) o.bias = bias->tensor;
+    if (sinks) o.sinks = sinks->tensor;
     o.key_lengths = key_lengths;
     o.query_lengths = query_lengths;
     return o;
@@ -620,6 +624,32 @@ struct Inputs {
     return References(validate_inputs(q_tensor(), k_tensor(), v_tensor(), options()), out_dtype);
   }
 };
+
+/// Draws the logit softcap and attention sinks of a property-test case (each off most of the time)
+/// and describes them in `what`: softcap 0.5, 5, 30 or 50, half of the time with a scale raised so
+/// that most logits reach the cap; sinks [Hq] in a random layout, per head an ordinary value, one
+/// that dominates the row (60), or −inf (no sink).
+inline void random_softcap_and_sinks(Rng& rng, Inputs& in, std::ostream& what) {
+  if (rng.chance(0.25)) {
+    in.base.softcap = rng.pick({0.5f, 5.0f, 30.0f, 50.0f});
+    what << " softcap=" << in.base.softcap;
+    if (rng.chance(0.5)) {
+      const double dim_k = static_cast<double>(in.q.tensor.shape[3]);
+      in.base.scale = static_cast<float>(rng.pick({-1.0, 1.0}) * rng.uniform(4, 40) / std::sqrt(dim_k));
+      what << " scale=" << *in.base.scale;
+    }
+  }
+  if (rng.chance(0.25)) {
+    in.sinks.emplace(DType::f32, std::vector<std::int64_t>{in.heads_q()}, random_layout(rng, 1, true));
+    std::ostringstream values;
+    in.sinks->fill([&](const Index&) {
+      const float value = rng.pick<float>({rng.normal(2.0f), 8.0f, 60.0f, -kInf});
+      values << (values.tellp() > 0 ? "," : "") << value;
+      return value;
+    });
+    what << " sinks/" << in.sinks->layout_name << "=" << values.str();
+  }
+}
 
 /// Contiguous random q [B, Hq, Lq, Dk], k [B, Hkv, Lk, Dk], v [B, Hkv, Lk, Dv].
 inline Inputs random_inputs(Rng& rng, std::int64_t batch, std::int64_t heads_q,

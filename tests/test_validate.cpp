@@ -187,6 +187,44 @@ TEST_F(Validate, NonFiniteScaleIsRejected) {
   expect_error({"options.scale = nan", "finite"});
 }
 
+TEST_F(Validate, NegativeOrNonFiniteSoftcapIsRejected) {
+  for (float bad : {-1.0f, -0.0001f, std::numeric_limits<float>::infinity(),
+                    std::numeric_limits<float>::quiet_NaN()}) {
+    options.softcap = bad;
+    expect_error({"options.softcap", "finite number >= 0"});
+  }
+  options.softcap = 0.0f;
+  EXPECT_NO_THROW(validate_forward(q, k, v, options, outputs));
+  options.softcap = 30.0f;
+  EXPECT_NO_THROW(validate_forward(q, k, v, options, outputs));
+}
+
+TEST_F(Validate, SinksWithWrongDtypeRankOrExtentAreRejected) {
+  std::vector<float> sinks_data(2 * Hq, 0.0f);
+  std::vector<double> sinks64(Hq, 0.0);
+  options.sinks = Tensor::contiguous(sinks64.data(), DType::f64, {Hq});
+  expect_error({"options.sinks.dtype", "f32", "f64"});
+  options.sinks = Tensor::contiguous(sinks_data.data(), DType::f32, {1, Hq});
+  expect_error({"options.sinks.rank", "expected 1", "[Hq]", "got 2"});
+  options.sinks = Tensor::contiguous(sinks_data.data(), DType::f32, {Hq + 1});
+  expect_error({"options.sinks.shape[0] = 5", "q.shape[1] (Hq) = 4"});
+  options.sinks = Tensor::contiguous(nullptr, DType::f32, {Hq});
+  expect_error({"options.sinks.data", "null"});
+  options.sinks = Tensor::strided(sinks_data.data(), DType::f32, {Hq}, {2});  // any stride
+  EXPECT_NO_THROW(validate_forward(q, k, v, options, outputs));
+}
+
+TEST_F(Validate, SinkThatIsNaNOrPlusInfinityIsRejectedMinusInfinityIsNot) {
+  std::vector<float> sinks_data(Hq, 1.5f);
+  options.sinks = Tensor::contiguous(sinks_data.data(), DType::f32, {Hq});
+  sinks_data[2] = std::numeric_limits<float>::quiet_NaN();
+  expect_error({"options.sinks[2] = nan", "finite number or -inf"});
+  sinks_data[2] = std::numeric_limits<float>::infinity();
+  expect_error({"options.sinks[2] = inf", "finite number or -inf"});
+  sinks_data[2] = -std::numeric_limits<float>::infinity();
+  EXPECT_NO_THROW(validate_forward(q, k, v, options, outputs));
+}
+
 TEST_F(Validate, WindowBelowMinusOneIsRejected) {
   options.window = Window{-2, 0};
   expect_error({"options.window.left = -2", "-1"});

@@ -2,6 +2,11 @@
 //
 //   out = softmax(Q·Kᵀ·scale + bias) · V        scale = 1/sqrt(Dk) unless given
 //
+// Options::softcap = c > 0 caps the scores first (Gemma-2 order): t = c·tanh(Q·Kᵀ·scale / c), then
+// the bias is added, masked keys become −inf, then the softmax. Options::sinks gives each query head
+// h a learned logit sink_h that joins every row's softmax as an extra key with no value: it absorbs
+// probability mass, out = Σ_j p_j v_j over the real keys only, and lse includes it.
+//
 // This is the one public header. Tensors are views: a pointer, a dtype, a shape and strides counted
 // in elements (any strides, so [B, L, H, D] memory works without a copy; a stride of 0 broadcasts).
 //
@@ -117,6 +122,17 @@ struct Options {
   int threads = 0;                        ///< 0 = all available (OpenMP)
   std::size_t workspace_limit = 0;        ///< bytes of scratch memory allowed; 0 = unlimited
   Isa isa = Isa::automatic;
+  /// Logit softcap c (Gemma-2): 0 = off; else finite and > 0, and the scores become
+  /// c·tanh(scale·q·k / c) BEFORE the bias is added and the masks applied. Backward: the chain
+  /// rule through tanh (d(bias) is dL/d(logit), d(scale) includes the factor 1 − tanh²).
+  float softcap = 0.0f;
+  /// Attention sinks: f32 [Hq], any stride; each value finite, or −inf for "no sink in this head".
+  /// Query head h's rows get an extra logit sink_h with no value in their softmax (it is not
+  /// capped, scaled or masked): l += exp(sink_h − m), lse includes it, out sums over the real keys
+  /// (a row that sees no key: out = 0, lse = sink_h), weights are the real keys' probabilities
+  /// (a row sums to 1 − p_sink), entropy is that of the full distribution including the sink.
+  /// Padding rows (i >= query_lengths[b]) have no sink: out = 0, lse = −inf.
+  std::optional<Tensor> sinks;
 };
 
 struct Outputs {
@@ -173,6 +189,9 @@ struct Grads {
   Tensor dv;                              ///< [B, Hkv, Lk, Dv]: likewise
   std::optional<Tensor> dbias;            ///< f32, the shape of options.bias: summed over its broadcast dims
   float* dscale = nullptr;                ///< optional: dL/d(scale) = Σ dS ∘ (q·k)  (temperature gradient)
+  /// optional f32 [Hq], requires options.sinks: dL/d(sink_h) = −Σ_rows of head h p_sink·(dO·O),
+  /// p_sink = exp(sink_h − lse). Deterministic (a fixed summation order).
+  std::optional<Tensor> dsinks;
 };
 
 /// The exact backward pass (FlashAttention-2 recomputation from lse; O(L) extra memory).

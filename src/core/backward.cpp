@@ -228,12 +228,13 @@ void pack_query_head(const BackwardProblem& bp, const BackwardPlan& plan, std::i
   pack_rows(bp.dout, b, h, p.len_q, plan.len_q_pad, p.dim_v, head + l.do_rows);
   pack_column_panels(bp.dout, b, h, p.len_q, plan.len_q_pad, p.dim_v, plan.dim_v_pad, plan.nr,
                      head + l.do_panels);
-  // Rows that see no key (padding past the query length, fully masked rows: lse = −inf) have no
-  // gradient; their Q and dO are zeroed so that NaN there cannot reach dK or dV as 0·NaN.
+  // Rows that see no key (padding past the query length, fully masked rows: lse = −inf; with a
+  // sink, rows whose causal / window range is empty) have no gradient; their Q and dO are zeroed
+  // so that NaN there cannot reach dK or dV as 0·NaN.
   const View4<float>& out = p.out;
   const std::int64_t len = p.query_length(b);
   for (std::int64_t i = 0; i < plan.len_q_pad; ++i) {
-    const bool real = i < len && bp.lse.at(b, h, i, 0) != -INFINITY;
+    const bool real = i < len && bp.lse.at(b, h, i, 0) != -INFINITY && !visible_keys(p, b, i).empty();
     head[l.lse + i] = real ? bp.lse.at(b, h, i, 0) : -INFINITY;
     float delta = 0.0f;  // delta_i = dO_i · O_i
     for (std::int64_t d = 0; real && d < p.dim_v; ++d) delta += bp.dout.at(b, h, i, d) * out.at(b, h, i, d);
@@ -279,6 +280,7 @@ kernels::BackwardTile tile_for_head(const BackwardProblem& bp, const BackwardPla
   t.len_q_pad = plan.len_q_pad;
   t.len_k_pad = plan.len_k_pad;
   t.scale = p.scale;
+  t.softcap = p.softcap;
   t.k_panels = group + l.k_panels;
   t.vt_panels = group + l.vt_panels;
   t.k_rows = group + l.k_rows;
@@ -574,6 +576,28 @@ double run_backward(const BackwardProblem& bp, const BackwardPlan& plan) {
   return dscale;
 }
 
+// dL/d(sink_h) = −Σ_{b, i} p_sink·D_i with p_sink = exp(sink_h − lse_i), D_i = dO_i·O_i, over the
+// real rows of head h (padding rows have no sink). One task per head, rows in a fixed order, in
+// double: the same bits for any thread count.
+void sink_gradients(const BackwardProblem& bp) {
+  const Problem& p = bp.forward;
+#pragma omp parallel for schedule(static) num_threads(static_cast<int>(std::clamp<std::int64_t>(p.heads_q, 1, p.threads)))
+  for (std::int64_t h = 0; h < p.heads_q; ++h) {
+    const double sink = p.sink(h);
+    double sum = 0.0;
+    for (std::int64_t b = 0; sink != -INFINITY && b < p.batch; ++b)
+      for (std::int64_t i = 0; i < p.query_length(b); ++i) {
+        const double lse = bp.lse.at(b, h, i, 0);
+        if (lse == -INFINITY || visible_keys(p, b, i).empty()) continue;  // out = 0: no term
+        double delta = 0.0;
+        for (std::int64_t d = 0; d < p.dim_v; ++d)
+          delta += double(bp.dout.at(b, h, i, d)) * double(p.out.at(b, h, i, d));
+        sum -= std::exp(sink - lse) * delta;
+      }
+    bp.dsinks[h * bp.dsinks_stride] = static_cast<float>(sum);
+  }
+}
+
 // ---- bf16 / f16 tensors: widened to fp32 copies, gradients narrowed back ------------------------
 // The backward kernels are fp32 only: a 16-bit call runs on contiguous fp32 copies of its 16-bit
 // tensors (one extra fp32 copy of each, outside options.workspace_limit) and narrows the
@@ -654,6 +678,7 @@ RunInfo backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
   const BackwardPlan plan = make_backward_plan(bp);
   const double dscale = run_backward(bp, plan);
   if (bp.dscale != nullptr) *bp.dscale = static_cast<float>(dscale);
+  if (bp.dsinks != nullptr) sink_gradients(bp);
   const Problem& p = bp.forward;
   double pairs = 0;
   for (std::int64_t b = 0; b < p.batch; ++b)

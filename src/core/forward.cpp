@@ -335,7 +335,10 @@ void run_item(const Problem& p, const Plan& plan, const WorkItem& item, std::int
     blk.bias_row_stride = p.bias->s2;
     blk.bias_col_stride = p.bias->s3;
   }
-  const kernels::BlockShape shape{p.len_k, p.dim_k, p.dim_v, p.scale};
+  // The sink joins the block's real rows only: padding rows (i >= the query length) stay empty.
+  blk.sink = p.sink(h);
+  blk.sink_rows = static_cast<int>(std::clamp<std::int64_t>(p.query_length(b) - i0, 0, rows));
+  const kernels::BlockShape shape{p.len_k, p.dim_k, p.dim_v, p.scale, p.softcap};
   kernel.forward_block(shape, kv, blk, s);
 }
 

@@ -48,9 +48,16 @@ struct Problem {
   std::int64_t window_left = -1, window_right = -1;  // -1 = unbounded
   std::span<const std::int32_t> key_lengths, query_lengths;
 
+  float softcap = 0.0f;                    // 0 = off; else t = c·tanh(scale·q·k / c) before the bias
+  const float* sinks = nullptr;            // optional [Hq]: per-head sink logit (−inf = none)
+  std::int64_t sinks_stride = 0;
+
   int threads = 1;
   std::size_t workspace_limit = 0;
   Isa isa = Isa::scalar;
+
+  /// The sink logit of query head h for real (non-padding) rows; −inf when there are no sinks.
+  float sink(std::int64_t h) const { return sinks ? sinks[h * sinks_stride] : -__builtin_inff(); }
 
   std::int64_t query_length(std::int64_t b) const {
     return query_lengths.empty() ? len_q : query_lengths[static_cast<std::size_t>(b)];
@@ -89,6 +96,8 @@ struct BackwardProblem {
   std::optional<View4<float>> dbias;  // broadcast strides like bias: several (b, h, i, j) share one
   std::array<std::int64_t, 4> dbias_shape{};  // dbias as [B|1, Hq|1, Lq|1, Lk|1]
   float* dscale = nullptr;
+  float* dsinks = nullptr;            // optional [Hq], element h at dsinks[h * dsinks_stride]
+  std::int64_t dsinks_stride = 0;
 
   /// dout element widened to fp32, whatever its dtype.
   float dout_at(std::int64_t b, std::int64_t h, std::int64_t i, std::int64_t d) const;

@@ -24,8 +24,9 @@ Result<T> forward(const Problem& p) {
       const std::int64_t hk = h / p.group;  // the key/value head this query head reads
       for (std::int64_t i = 0; i < Lq; ++i) {
         const std::int64_t row = (b * Hq + h) * Lq + i;
-        // Step 1: logits.
-        T max_logit = neg_inf;
+        // Step 1: logits. A sink (real rows only) is one more logit, with no value.
+        const T sink = i < p.query_length(b) ? T(p.sink(h)) : neg_inf;
+        T max_logit = sink;
         for (std::int64_t j = 0; j < Lk; ++j) {
           T s = neg_inf;
           if (key_visible(p, b, h, i, j)) {
@@ -33,16 +34,20 @@ Result<T> forward(const Problem& p) {
             for (std::int64_t d = 0; d < Dk; ++d)
               dot += T(p.q_at(b, h, i, d)) * T(p.k_at(b, hk, j, d));
             s = dot * T(p.scale);
+            if (p.softcap > 0) s = T(p.softcap) * std::tanh(s / T(p.softcap));
             if (p.bias) s += T(p.bias->at(b, h, i, j));
           }
           logits[static_cast<std::size_t>(j)] = s;
           if (s > max_logit || std::isnan(s)) max_logit = std::isnan(max_logit) ? max_logit : s;
         }
-        if (max_logit == neg_inf) continue;  // no visible key: out 0, lse -inf, weights 0
+        if (max_logit == neg_inf) continue;  // no visible key, no sink: out 0, lse -inf, weights 0
         // Step 2: softmax.
-        T sum = 0;
+        T sum = std::exp(sink - max_logit);
         for (std::int64_t j = 0; j < Lk; ++j) sum += std::exp(logits[static_cast<std::size_t>(j)] - max_logit);
         r.lse[static_cast<std::size_t>(row)] = max_logit + std::log(sum);
+        const T sink_weight = std::exp(sink - max_logit) / sum;
+        if (sink_weight > 0 || std::isnan(sink_weight))
+          r.entropy[static_cast<std::size_t>(row)] -= sink_weight * std::log(sink_weight);
         // Step 3: weighted sum of values.
         for (std::int64_t j = 0; j < Lk; ++j) {
           const T weight = std::exp(logits[static_cast<std::size_t>(j)] - max_logit) / sum;

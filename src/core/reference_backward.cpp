@@ -6,6 +6,7 @@
 //   dP_ij = dO_i·v_j,            dS_ij = P_ij (dP_ij − D_i)      (= dL/ds_ij)
 //   dq_i += scale·dS_ij k_j,     dk_j += scale·dS_ij q_i,       dv_j += P_ij dO_i
 //   dbias[broadcast(b, h, i, j)] += dS_ij,                      dscale += dS_ij (q_i·k_j)
+//   dsinks_h -= p_sink,i·D_i,   p_sink,i = exp(σ_h − max s) / Σ
 // The forward is recomputed here rather than read from the problem's out / lse, so the reference
 // does not depend on the kernel it checks.
 #include <algorithm>
@@ -29,29 +30,34 @@ T dot_qk(const Problem& p, std::int64_t b, std::int64_t h, std::int64_t hk, std:
   return dot;
 }
 
-// Steps 1 and 2 of reference::forward for one row: logits[j] (−inf where hidden) and probs[j].
-// Returns false when the row sees no key (then probs is all zero).
+// Steps 1 and 2 of reference::forward for one row: logits[j] (−inf where hidden), probs[j] and
+// the sink's probability. Returns false when the row has neither a visible key nor a sink (then
+// probs is all zero).
 template <typename T>
 bool row_softmax(const Problem& p, std::int64_t b, std::int64_t h, std::int64_t i,
-                 std::vector<T>& logits, std::vector<T>& probs) {
+                 std::vector<T>& logits, std::vector<T>& probs, T& sink_prob) {
   const T neg_inf = -std::numeric_limits<T>::infinity();
   const std::int64_t hk = h / p.group;
-  T max_logit = neg_inf;
+  const T sink = i < p.query_length(b) ? T(p.sink(h)) : neg_inf;
+  T max_logit = sink;
   for (std::int64_t j = 0; j < p.len_k; ++j) {
     T s = neg_inf;
     if (key_visible(p, b, h, i, j)) {
       s = dot_qk<T>(p, b, h, hk, i, j) * T(p.scale);
+      if (p.softcap > 0) s = T(p.softcap) * std::tanh(s / T(p.softcap));
       if (p.bias) s += T(p.bias->at(b, h, i, j));
     }
     logits[at(j)] = s;
     if (s > max_logit || std::isnan(s)) max_logit = std::isnan(max_logit) ? max_logit : s;
   }
   std::fill(probs.begin(), probs.end(), T(0));
+  sink_prob = 0;
   if (max_logit == neg_inf) return false;
-  T sum = 0;
+  T sum = std::exp(sink - max_logit);
   for (std::int64_t j = 0; j < p.len_k; ++j) sum += std::exp(logits[at(j)] - max_logit);
   for (std::int64_t j = 0; j < p.len_k; ++j)
     probs[at(j)] = std::exp(logits[at(j)] - max_logit) / sum;
+  sink_prob = std::exp(sink - max_logit) / sum;
   return true;
 }
 
@@ -99,14 +105,17 @@ BackwardResult<T> backward(const BackwardProblem& bp) {
     const auto& shape = bp.dbias_shape;
     r.dbias.assign(at(shape[0] * shape[1] * shape[2] * shape[3]), T(0));
   }
+  if (p.sinks) r.dsinks.assign(at(Hq), T(0));
   std::vector<T> logits(at(Lk)), probs(at(Lk));
+  T sink_prob = 0;
 
   for (std::int64_t b = 0; b < B; ++b)
     for (std::int64_t h = 0; h < Hq; ++h) {
       const std::int64_t hk = h / p.group;  // the key/value head this query head reads
       for (std::int64_t i = 0; i < Lq; ++i) {
-        if (!row_softmax(p, b, h, i, logits, probs)) continue;  // no visible key: no gradient
+        if (!row_softmax(p, b, h, i, logits, probs, sink_prob)) continue;  // no key: no gradient
         const T delta = row_delta(bp, b, h, i, logits, probs);
+        if (p.sinks) r.dsinks[at(h)] -= sink_prob * delta;
         T* dq_i = &r.dq[at(((b * Hq + h) * Lq + i) * Dk)];
         for (std::int64_t j = 0; j < Lk; ++j) {
           if (logits[at(j)] == -std::numeric_limits<T>::infinity()) continue;  // hidden key
@@ -121,12 +130,17 @@ BackwardResult<T> backward(const BackwardProblem& bp) {
             dv_j[d] += prob * dout;
           }
           const T dlogit = prob * (dprob - delta);  // dS_ij
+          T dscore = dlogit;                        // dL/d(scale·q_i·k_j)
+          if (p.softcap > 0) {
+            const T th = std::tanh(dot_qk<T>(p, b, h, hk, i, j) * scale / T(p.softcap));
+            dscore = dlogit * (1 - th * th);
+          }
           for (std::int64_t d = 0; d < Dk; ++d) {
-            dq_i[d] += scale * dlogit * T(p.k_at(b, hk, j, d));
-            dk_j[d] += scale * dlogit * T(p.q_at(b, h, i, d));
+            dq_i[d] += scale * dscore * T(p.k_at(b, hk, j, d));
+            dk_j[d] += scale * dscore * T(p.q_at(b, h, i, d));
           }
           if (bp.dbias) r.dbias[at(dbias_index(bp, b, h, i, j))] += dlogit;
-          r.dscale += dlogit * dot_qk<T>(p, b, h, hk, i, j);
+          r.dscale += dscore * dot_qk<T>(p, b, h, hk, i, j);
         }
       }
     }

@@ -244,6 +244,25 @@ Problem validate_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const
   p.query_lengths =
       checked_lengths(options.query_lengths, "options.query_lengths", p.batch, p.len_q, "Lq");
 
+  if (!std::isfinite(options.softcap) || options.softcap < 0.0f)
+    fail("options.softcap = ", options.softcap, ": expected a finite number >= 0 (0 = off)");
+  p.softcap = options.softcap;
+  if (options.sinks) {
+    const Tensor& s = *options.sinks;
+    check_dtype(s, "options.sinks", DType::f32);
+    if (s.rank != 1) fail("options.sinks.rank: expected 1 ([Hq]), got ", s.rank);
+    if (s.shape[0] != p.heads_q)
+      fail("options.sinks.shape[0] = ", s.shape[0], " does not match q.shape[1] (Hq) = ", p.heads_q);
+    check_data(s, "options.sinks");
+    p.sinks = static_cast<const float*>(s.data);
+    p.sinks_stride = s.stride[0];
+    for (std::int64_t h = 0; h < p.heads_q; ++h) {
+      const float sink = p.sink(h);
+      if (std::isnan(sink) || sink == INFINITY)
+        fail("options.sinks[", h, "] = ", sink, ": expected a finite number or -inf (no sink)");
+    }
+  }
+
   if (options.threads < 0) fail("options.threads = ", options.threads, ": expected >= 0 (0 = all)");
   p.threads = options.threads > 0 ? options.threads : omp_get_max_threads();
   p.workspace_limit = options.workspace_limit;
@@ -365,6 +384,18 @@ BackwardProblem validate_backward(const Tensor& q, const Tensor& k, const Tensor
     for (int d = 0; d < 4; ++d) bp.dbias_shape[d] = d < pad ? 1 : (db.shape[d - pad] == 1 ? 1 : full[d]);
   }
   bp.dscale = grads.dscale;
+  if (grads.dsinks) {
+    if (!options.sinks) fail("grads.dsinks: given, but options.sinks is not (nothing to differentiate)");
+    const Tensor& ds = *grads.dsinks;
+    check_dtype(ds, "grads.dsinks", DType::f32);
+    if (ds.rank != 1) fail("grads.dsinks.rank: expected 1 ([Hq]), got ", ds.rank);
+    if (ds.shape[0] != p.heads_q)
+      fail("grads.dsinks.shape[0] = ", ds.shape[0], " does not match q.shape[1] (Hq) = ", p.heads_q);
+    check_writable(ds, "grads.dsinks");
+    check_data(ds, "grads.dsinks");
+    bp.dsinks = static_cast<float*>(ds.data);
+    bp.dsinks_stride = ds.stride[0];
+  }
   return bp;
 }
 

@@ -22,6 +22,7 @@ struct BackwardTile {
   std::int64_t dim_k = 0, dim_v = 0, dim_k_pad = 0, dim_v_pad = 0;
   std::int64_t len_q_pad = 0, len_k_pad = 0;
   float scale = 1.0f;
+  float softcap = 0.0f;  // 0 = off; else logits are softcap·tanh(q·k·scale / softcap) + bias
   std::int64_t i0 = 0, t0 = 0, n_keys = 0;  // n_keys a multiple of NR, ≤ block_keys
   int rows = 0;                             // ≤ block_rows
 
@@ -35,7 +36,8 @@ struct BackwardTile {
   std::int64_t bias_row_stride = 0, bias_col_stride = 0;
 
   // Outputs. With dlogits set, the tile only writes dS = ∂L/∂logits there ([rows][scratch ld]) and
-  // touches nothing else; otherwise it accumulates:
+  // touches nothing else; otherwise it accumulates (with a softcap, dS here is the gradient of the
+  // raw score, dS·(1 − tanh²)):
   float* dk_acc = nullptr;  // [block_keys][dim_k_pad] Σ dSᵀ·Q for keys t0.. (unscaled)
   float* dv_acc = nullptr;  // [block_keys][dim_v_pad] Σ Pᵀ·dO
   float* dq_acc = nullptr;  // rows i0.. of [len_q_pad][dim_k_pad] Σ dS·K (unscaled)

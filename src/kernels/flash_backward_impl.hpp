@@ -5,6 +5,8 @@
 //   dP = dO·Vᵀ                   dS = P ∘ (dP − delta),  delta_i = dO_i·O_i
 //   dV += Pᵀ·dO                  dK += dSᵀ·Q      dQ += dS·K           (scale applied by the driver)
 //   d(scale) += Σ dS ∘ (q·k)
+// With a softcap c the logit is c·tanh(S·scale / c) + bias: d(bias) is dS as above, and dK, dQ and
+// d(scale) use dS ∘ (1 − tanh²), the gradient of S·scale.
 
 namespace sdpa::kernels::SDPA_KERNEL_NS {
 namespace {
@@ -44,13 +46,16 @@ BackwardRanges backward_ranges(const BackwardTile& t) {
 }
 
 // P and dS of the tile's rows, and Σ dS ∘ S_raw into *dscale when it is asked for (only then are
-// the raw scores kept: otherwise P overwrites them in place). Returns where P is. S and dP were
+// the raw scores kept: otherwise P overwrites them in place). With a softcap and `raw_score_grad`,
+// dS becomes dS ∘ (1 − tanh²) (the gradient of S·scale). Returns where P is. S and dP were
 // computed only on each row group's panels [panel_lo, panel_hi); dS is 0 outside them (P is: the
 // row sees no key there), and the stale S and dP there are never read.
 float* probabilities_and_dlogits(const BackwardTile& t, const BackwardScratch& s,
-                                 const BackwardRanges& tr, double* dscale) {
+                                 const BackwardRanges& tr, double* dscale, bool raw_score_grad) {
   const int rows_pad = static_cast<int>(round_up(t.rows, kMicroRows));
   float* probs = dscale != nullptr ? s.probs : s.scores;
+  alignas(64) float tanh_row[kBackwardKeys];  // tanh(S·scale / c) of one row, with a softcap
+  const bool capped = t.softcap > 0.0f;
   for (int r = 0; r < t.rows; ++r) {
     const float* raw = s.scores + r * s.ld;
     float* p = probs + r * s.ld;
@@ -62,7 +67,7 @@ float* probabilities_and_dlogits(const BackwardTile& t, const BackwardScratch& s
     }
     const std::int64_t lo = tr.panel_lo[r / kMicroRows], hi = tr.panel_hi[r / kMicroRows];
     const V delta = Simd::set1(t.delta[t.i0 + r]);
-    if (t.bias == nullptr && t.mask == nullptr && t.key_begin[r] <= t.t0 + lo &&
+    if (!capped && t.bias == nullptr && t.mask == nullptr && t.key_begin[r] <= t.t0 + lo &&
         t.key_end[r] >= t.t0 + hi) {
       // The row sees every key of its group's panels (and none elsewhere in the tile: the panels
       // hold every key the group sees): logits, P and dS in one pass, with the operations of
@@ -82,15 +87,41 @@ float* probabilities_and_dlogits(const BackwardTile& t, const BackwardScratch& s
       if (dscale != nullptr) *dscale += static_cast<double>(Simd::reduce_add(row_dscale));
       continue;
     }
-    if (p != raw)
-      for (std::int64_t c = 0; c < t.n_keys; ++c) p[c] = raw[c];
     const float* bias = t.bias ? t.bias + r * t.bias_row_stride : nullptr;
     const std::uint8_t* mask = t.mask ? t.mask + r * t.mask_row_stride : nullptr;
-    logits_row(p, t.t0, t.n_keys, t.key_begin[r], t.key_end[r], t.scale, bias, t.bias_col_stride,
-               mask, t.mask_col_stride);
+    if (capped) {
+      // The same operations as softcap_row, kept apart so that 1 − tanh² is at hand below; the
+      // stale scores outside [lo, hi) are not read (logits_row hides those keys).
+      const V vscale = Simd::set1(t.scale), vcap = Simd::set1(t.softcap);
+      for (std::int64_t c = lo; c < hi; c += kLanes) {
+        const V th = Simd::tanh(Simd::div(Simd::mul(Simd::load(raw + c), vscale), vcap));
+        Simd::store(tanh_row + c, th);
+        Simd::store(p + c, Simd::mul(vcap, th));
+      }
+      logits_row(p, t.t0, t.n_keys, t.key_begin[r], t.key_end[r], 1.0f, 0.0f, bias,
+                 t.bias_col_stride, mask, t.mask_col_stride);
+    } else {
+      if (p != raw)
+        for (std::int64_t c = 0; c < t.n_keys; ++c) p[c] = raw[c];
+      logits_row(p, t.t0, t.n_keys, t.key_begin[r], t.key_end[r], t.scale, 0.0f, bias,
+                 t.bias_col_stride, mask, t.mask_col_stride);
+    }
     exp_row(p, t.n_keys, lse);
     for (std::int64_t c = 0; c < lo; ++c) ds[c] = 0.0f;
     for (std::int64_t c = hi; c < t.n_keys; ++c) ds[c] = 0.0f;
+    if (capped && raw_score_grad) {
+      const V one = Simd::set1(1.0f);
+      V row_dscale = Simd::zero();
+      for (std::int64_t c = lo; c < hi; c += kLanes) {
+        const V th = Simd::load(tanh_row + c);
+        const V dsv = Simd::mul(Simd::mul(Simd::load(p + c), Simd::sub(Simd::load(ds + c), delta)),
+                                Simd::sub(one, Simd::mul(th, th)));
+        Simd::store(ds + c, dsv);
+        if (dscale != nullptr) row_dscale = Simd::fma(dsv, Simd::load(raw + c), row_dscale);
+      }
+      if (dscale != nullptr) *dscale += static_cast<double>(Simd::reduce_add(row_dscale));
+      continue;
+    }
     if (dscale == nullptr) {
       for (std::int64_t c = lo; c < hi; c += kLanes)
         Simd::store(ds + c, Simd::mul(Simd::load(p + c), Simd::sub(Simd::load(ds + c), delta)));
@@ -122,7 +153,8 @@ void backward_tile(const BackwardTile& t, const BackwardScratch& s) {
                   t.dim_k * kPanel, t.dim_k, s.scores, s.ld, tr.panel_lo, tr.panel_hi);
   panel_gemm_cols(t.do_rows + t.i0 * t.dim_v, t.dim_v, rows_pad, t.vt_panels + t.t0 * t.dim_v,
                   t.dim_v * kPanel, t.dim_v, s.dlogits, s.ld, tr.panel_lo, tr.panel_hi);
-  const float* probs = probabilities_and_dlogits(t, s, tr, t.dlogits ? nullptr : t.dscale);
+  const float* probs =
+      probabilities_and_dlogits(t, s, tr, t.dlogits ? nullptr : t.dscale, t.dlogits == nullptr);
   if (t.dlogits != nullptr) {
     for (int r = 0; r < t.rows; ++r)
       for (std::int64_t c = 0; c < t.n_keys; ++c)

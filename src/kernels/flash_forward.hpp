@@ -28,6 +28,7 @@ struct PackedKeysValues {
 struct BlockShape {
   std::int64_t len_k = 0, dim_k = 0, dim_v = 0;
   float scale = 1.0f;
+  float softcap = 0.0f;  // 0 = off; else logits are softcap·tanh(q·k·scale / softcap) + bias
 };
 
 /// Element format of q and out in a QueryBlock (raw 16-bit patterns for bf16 / f16, see
@@ -57,6 +58,10 @@ struct QueryBlock {
   std::int64_t mask_row_stride = 0, mask_col_stride = 0;
   const float* bias = nullptr;  // optional additive bias
   std::int64_t bias_row_stride = 0, bias_col_stride = 0;
+  // Attention sink of rows [0, sink_rows) (the block's non-padding rows): an extra logit with no
+  // value in their softmax. −inf = none.
+  float sink = -__builtin_inff();
+  int sink_rows = 0;
 };
 
 /// Per-thread scratch memory, sized by the driver from FlashKernel's block sizes:
@@ -78,6 +83,8 @@ struct FlashKernel {
   /// Fused forward for one query block: out (and lse, weights when given) for its rows.
   void (*forward_block)(const BlockShape&, const PackedKeysValues&, const QueryBlock&,
                         const Scratch&) = nullptr;
+  /// values[0..n) = tanh(values[0..n)) with the kernels' vectorized tanh (for accuracy tests).
+  void (*tanh)(float* values, std::int64_t n) = nullptr;
 };
 
 const FlashKernel& flash_kernel_scalar();

@@ -11,9 +11,13 @@
 // Per block of query rows (FlashAttention-2, forward):
 //   for each key tile:  S = Q·Kᵀ                      (microkernel, K packed in panels)
 //                       t = S·scale + bias, −inf where masked
+//                       (with a softcap c: t = c·tanh(S·scale / c) + bias)
 //                       m' = max(m, rowmax t);  P = exp(t − m');  l = l·exp(m − m') + rowsum P
 //                       acc = acc·exp(m − m') + P·V      (rescale only when the max grew)
 //   out = acc / l;  lse = m + log l;  a row with no visible key has l = 0: out = 0, lse = −inf.
+// An attention sink s starts a row at m = s, l = 1 (the sink's own exp(s − s)) with acc = 0: it
+// takes part in the max and the sum but adds no value; a row that sees no key then has out = 0,
+// lse = s.
 
 #include "core/half.hpp"
 
@@ -139,7 +143,8 @@ float logits_row(const BlockState& st, int r, std::int64_t t0, std::int64_t n_ke
   const float* bias = b.bias ? b.bias + r * b.bias_row_stride : nullptr;
   const std::uint8_t* mask = b.mask ? b.mask + r * b.mask_row_stride : nullptr;
   return logits_row(st.scores + r * kBlockKeys, t0, n_keys, b.key_begin[r], b.key_end[r],
-                    st.shape.scale, bias, b.bias_col_stride, mask, b.mask_col_stride);
+                    st.shape.scale, st.shape.softcap, bias, b.bias_col_stride, mask,
+                    b.mask_col_stride);
 }
 
 // The online-softmax step for one score tile: scores become probabilities P (relative to the new
@@ -278,9 +283,10 @@ void forward_block(const BlockShape& shape, const PackedKeysValues& kv, const Qu
   pack_queries(st);
   for (std::int64_t i = 0; i < groups * kMicroRows * st.dim_v_pad; ++i) st.acc[i] = 0.0f;
   for (int r = 0; r < kBlockRows; ++r) {
-    st.row_max[r] = kNegInf;
-    st.row_sum[r] = 0.0f;
-    if (st.row_moment != nullptr) st.row_moment[r] = 0.0f;
+    const bool sink = r < block.sink_rows && block.sink != kNegInf;
+    st.row_max[r] = sink ? block.sink : kNegInf;
+    st.row_sum[r] = sink ? 1.0f : 0.0f;
+    if (st.row_moment != nullptr) st.row_moment[r] = 0.0f;  // the sink's p·(s − m) = 0
   }
   for (std::int64_t t0 = first; t0 < last; t0 += kBlockKeys) {
     const std::int64_t n_keys = min_i64(kBlockKeys, round_up(last - t0, kPanel));
@@ -295,9 +301,19 @@ void forward_block(const BlockShape& shape, const PackedKeysValues& kv, const Qu
 
 }  // namespace
 
+void tanh_values(float* values, std::int64_t n) {
+  float lanes[kLanes];
+  for (std::int64_t i = 0; i < n; i += kLanes) {
+    const std::int64_t m = min_i64(kLanes, n - i);
+    for (std::int64_t c = 0; c < kLanes; ++c) lanes[c] = c < m ? values[i + c] : 0.0f;
+    Simd::store(lanes, Simd::tanh(Simd::load(lanes)));
+    for (std::int64_t c = 0; c < m; ++c) values[i + c] = lanes[c];
+  }
+}
+
 const FlashKernel& kernel() {
   static const FlashKernel k{SDPA_KERNEL_NAME, kPanel, kBlockRows, kBlockKeys, kBf16Products,
-                             &forward_block};
+                             &forward_block, &tanh_values};
   return k;
 }
 

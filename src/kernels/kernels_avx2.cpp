@@ -12,6 +12,8 @@
 namespace sdpa::kernels::avx2_impl {
 namespace {
 
+#include "kernels/tanh_coefficients.hpp"
+
 struct Simd {
   using V = __m256;
   static constexpr int kLanes = 8;
@@ -23,6 +25,7 @@ struct Simd {
   static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
   static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static V div(V a, V b) { return _mm256_div_ps(a, b); }
   static V max(V a, V b) { return _mm256_max_ps(a, b); }
   static float reduce_max(V v) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -54,6 +57,25 @@ struct Simd {
     const V result = _mm256_mul_ps(p, _mm256_castsi256_ps(exponent));
     const V underflow = _mm256_cmp_ps(x, _mm256_set1_ps(-126.0f), _CMP_LT_OQ);
     return _mm256_andnot_ps(underflow, result);
+  }
+
+  // tanh as in the AVX-512 kernel.
+  static V tanh(V x) {
+    const V sign = _mm256_set1_ps(-0.0f);
+    const V a = _mm256_andnot_ps(sign, x);
+    const V z = _mm256_mul_ps(a, a);
+    V p = _mm256_set1_ps(kTanhC4);
+    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(kTanhC3));
+    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(kTanhC2));
+    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(kTanhC1));
+    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(kTanhC0));
+    const V small = _mm256_fmadd_ps(_mm256_mul_ps(p, z), a, a);
+    const V e = exp2(_mm256_mul_ps(_mm256_min_ps(_mm256_set1_ps(10.0f), a), _mm256_set1_ps(kTwoLog2e)));
+    const V one = _mm256_set1_ps(1.0f);
+    const V large = _mm256_sub_ps(one, _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, one)));
+    const V is_small = _mm256_cmp_ps(a, _mm256_set1_ps(kTanhSmall), _CMP_LT_OQ);
+    const V r = _mm256_blendv_ps(large, small, is_small);
+    return _mm256_or_ps(r, _mm256_and_ps(x, sign));
   }
 };
 

@@ -1,6 +1,7 @@
 // Portable instantiation of the attention kernels, forward and backward: plain C++ on 8-float
 // "vectors" (the compiler may vectorize them with the baseline instruction set). Always correct,
 // on any CPU; the reference point for the ISA-specific kernels.
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -10,6 +11,8 @@
 
 namespace sdpa::kernels::scalar_impl {
 namespace {
+
+#include "kernels/tanh_coefficients.hpp"
 
 struct Simd {
   static constexpr int kLanes = 8;
@@ -42,6 +45,10 @@ struct Simd {
   }
   static V sub(V a, V b) {
     for (int i = 0; i < kLanes; ++i) a.lane[i] -= b.lane[i];
+    return a;
+  }
+  static V div(V a, V b) {
+    for (int i = 0; i < kLanes; ++i) a.lane[i] /= b.lane[i];
     return a;
   }
   // max(a, b) as x86 maxps: b when either is NaN.
@@ -81,6 +88,29 @@ struct Simd {
   }
   static V exp2(V x) {
     for (float& lane : x.lane) lane = exp2_lane(lane);
+    return x;
+  }
+  // tanh as in the vector kernels (see kTanh* in softmax_rows_impl.hpp): an odd polynomial below
+  // |x| = 0.625, 1 − 2/(2^(2x·log2 e) + 1) above (|x| clamped at 10, where tanh rounds to 1).
+  static float tanh_lane(float x) {
+    const float a = x < 0.0f ? -x : x;
+    float r;
+    if (a < kTanhSmall) {
+      const float z = a * a;
+      float p = kTanhC4;
+      p = p * z + kTanhC3;
+      p = p * z + kTanhC2;
+      p = p * z + kTanhC1;
+      p = p * z + kTanhC0;
+      r = p * z * a + a;
+    } else {
+      const float e = exp2_lane((a < 10.0f || a != a ? a : 10.0f) * kTwoLog2e);
+      r = 1.0f - 2.0f / (e + 1.0f);
+    }
+    return std::copysign(r, x);  // tanh(−0) = −0
+  }
+  static V tanh(V x) {
+    for (float& lane : x.lane) lane = tanh_lane(lane);
     return x;
   }
 };

@@ -2,6 +2,8 @@
 // the AVX-512 and AVX-512-BF16 translation units. Included inside their namespace
 // sdpa::kernels::<isa>::(anonymous), after <immintrin.h>, so each gets its own internal copy.
 
+#include "kernels/tanh_coefficients.hpp"
+
 struct Simd {
   using V = __m512;
   static constexpr int kLanes = 16;
@@ -13,6 +15,7 @@ struct Simd {
   static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static V div(V a, V b) { return _mm512_div_ps(a, b); }
   static V max(V a, V b) { return _mm512_max_ps(a, b); }
   static float reduce_max(V v) { return _mm512_reduce_max_ps(v); }
   static float reduce_add(V v) { return _mm512_reduce_add_ps(v); }
@@ -34,5 +37,26 @@ struct Simd {
     const V result = _mm512_scalef_ps(p, n);
     const __mmask16 underflow = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_LT_OQ);
     return _mm512_mask_mov_ps(result, underflow, _mm512_setzero_ps());
+  }
+
+  // tanh: an odd polynomial for |x| < 0.625, 1 − 2/(e^{2|x|} + 1) above with |x| clamped at 10
+  // (tanh rounds to 1 there), then the sign of x (tanh_coefficients.hpp: accuracy). NaN stays NaN
+  // (min(10, NaN) is NaN, and NaN takes the exp branch).
+  static V tanh(V x) {
+    const V sign = _mm512_set1_ps(-0.0f);
+    const V a = _mm512_andnot_ps(sign, x);
+    const V z = _mm512_mul_ps(a, a);
+    V p = _mm512_set1_ps(kTanhC4);
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(kTanhC3));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(kTanhC2));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(kTanhC1));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(kTanhC0));
+    const V small = _mm512_fmadd_ps(_mm512_mul_ps(p, z), a, a);
+    const V e = exp2(_mm512_mul_ps(_mm512_min_ps(_mm512_set1_ps(10.0f), a), _mm512_set1_ps(kTwoLog2e)));
+    const V one = _mm512_set1_ps(1.0f);
+    const V large = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, one)));
+    const __mmask16 is_small = _mm512_cmp_ps_mask(a, _mm512_set1_ps(kTanhSmall), _CMP_LT_OQ);
+    const V r = _mm512_mask_mov_ps(large, is_small, small);
+    return _mm512_or_ps(r, _mm512_and_ps(x, sign));
   }
 };

@@ -5,13 +5,22 @@
 constexpr float kLog2e = 1.44269504088896340736f;
 constexpr float kNegInf = -__builtin_inff();
 
+// row[c] = softcap·tanh(row[c]·scale / softcap) for c in [0, n_keys): the Gemma-2 logit cap,
+// applied to the raw scores before the bias and the masks. Dividing (rather than multiplying by
+// scale / softcap) keeps a tiny softcap from turning a zero score into 0·inf = NaN.
+void softcap_row(float* row, std::int64_t n_keys, float scale, float softcap) {
+  const V vscale = Simd::set1(scale), vcap = Simd::set1(softcap);
+  for (std::int64_t c = 0; c < n_keys; c += kLanes)
+    Simd::store(row + c, Simd::mul(vcap, Simd::tanh(Simd::div(Simd::mul(Simd::load(row + c), vscale), vcap))));
+}
+
 // Turns one row of raw scores q·k over keys [t0, t0 + n_keys) (n_keys a multiple of kLanes) into
-// logits t = S·scale + bias in place, with −inf for keys the row may not see: outside
-// [key_begin, key_end), or where the mask is false. bias / mask point at key 0 of the row (may be
-// null). Returns the row maximum.
+// logits t = S·scale + bias in place (t = softcap·tanh(S·scale / softcap) + bias when softcap > 0),
+// with −inf for keys the row may not see: outside [key_begin, key_end), or where the mask is false.
+// bias / mask point at key 0 of the row (may be null). Returns the row maximum.
 float logits_row(float* row, std::int64_t t0, std::int64_t n_keys, std::int64_t key_begin,
-                 std::int64_t key_end, float scale, const float* bias, std::int64_t bias_stride,
-                 const std::uint8_t* mask, std::int64_t mask_stride) {
+                 std::int64_t key_end, float scale, float softcap, const float* bias,
+                 std::int64_t bias_stride, const std::uint8_t* mask, std::int64_t mask_stride) {
   const std::int64_t lo = max_i64(key_begin, t0) - t0;  // visible columns [lo, hi)
   const std::int64_t hi = min_i64(key_end, t0 + n_keys) - t0;
   const V vscale = Simd::set1(scale);
@@ -20,7 +29,9 @@ float logits_row(float* row, std::int64_t t0, std::int64_t n_keys, std::int64_t 
     return kNegInf;
   }
   V vmax = Simd::set1(kNegInf);
-  if (lo == 0 && hi == n_keys && bias == nullptr && mask == nullptr) {
+  if (softcap > 0.0f) {
+    softcap_row(row, n_keys, scale, softcap);
+  } else if (lo == 0 && hi == n_keys && bias == nullptr && mask == nullptr) {
     // Fully visible: scale and max in one pass.
     for (std::int64_t c = 0; c < n_keys; c += kLanes) {
       const V t = Simd::mul(Simd::load(row + c), vscale);
@@ -28,9 +39,10 @@ float logits_row(float* row, std::int64_t t0, std::int64_t n_keys, std::int64_t 
       vmax = Simd::max(vmax, t);
     }
     return Simd::reduce_max(vmax);
+  } else {
+    for (std::int64_t c = 0; c < n_keys; c += kLanes)
+      Simd::store(row + c, Simd::mul(Simd::load(row + c), vscale));
   }
-  for (std::int64_t c = 0; c < n_keys; c += kLanes)
-    Simd::store(row + c, Simd::mul(Simd::load(row + c), vscale));
   for (std::int64_t c = 0; c < lo; ++c) row[c] = kNegInf;
   for (std::int64_t c = hi; c < n_keys; ++c) row[c] = kNegInf;
   if (bias != nullptr) {
