@@ -354,7 +354,7 @@ std::vector<FiniteDifferenceCase> finite_difference_cases() {
       {"SinksIncludingDominatingAndNegativeInfinite",
        [] {
          Fp64Problem p = random_fp64_problem(18, 1, 4, 2, 5, 5, 3, 3);
-         p.sinks = {0.3, 4.0, -std::numeric_limits<double>::infinity(), -1.5};
+         p.sinks = {0.25, 4.0, -std::numeric_limits<double>::infinity(), -1.5};  // exact floats
          return p;
        }},
       {"SinksWithSoftcapEmptyRowsAndLengths",
