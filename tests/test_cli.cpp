@@ -18,6 +18,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
@@ -440,6 +441,50 @@ TEST_F(Cli, RunCombinesMaskBiasLengthsWindowAndScale) {
   const auto refs = references(x, options);
   EXPECT_TRUE(sdpa::test::accuracy_rule("out", values_f32(sdpa::npy::read(path("out.npy"))),
                                         refs.naive32.out, refs.ref64.out));
+}
+
+TEST_F(Cli, RunWithSoftcapAndSinksMatchesReferenceAndReportsThem) {
+  const Qkv x = random_qkv(1, 3, 1, 12, 8, 8, 4, 21);
+  write_qkv(x);
+  std::vector<float> sinks{0.5f, -std::numeric_limits<float>::infinity(), 3.0f};
+  write_f32("sinks.npy", {3}, sinks);
+  const CliResult r = run(qkv_arguments() + " --causal bottom-right --softcap 0.75 --sinks '" +
+                          path("sinks.npy") + "' --lse '" + path("lse.npy") + "' --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto summary = nlohmann::json::parse(r.out);
+  EXPECT_EQ(summary["options"]["softcap"], 0.75);
+  EXPECT_EQ(summary["options"]["sinks"], path("sinks.npy"));
+  sdpa::Options options;
+  options.causal = sdpa::Causal::bottom_right;
+  options.softcap = 0.75f;
+  options.sinks = view(sinks, {3});
+  const auto refs = references(x, options);
+  EXPECT_TRUE(sdpa::test::accuracy_rule("out", values_f32(sdpa::npy::read(path("out.npy"))),
+                                        refs.naive32.out, refs.ref64.out));
+  EXPECT_TRUE(sdpa::test::accuracy_rule("lse", values_f32(sdpa::npy::read(path("lse.npy"))),
+                                        refs.naive32.lse, refs.ref64.lse));
+  const CliResult text = run(qkv_arguments() + " --softcap 0.75 --sinks '" + path("sinks.npy") + "'");
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  for (const char* part : {"softcap=0.75", "sinks="})
+    EXPECT_NE(text.out.find(part), std::string::npos) << part << " not in\n" << text.out;
+}
+
+TEST_F(Cli, SinksOfWrongShapeExits2NamingTheFileAndHq) {
+  write_qkv(random_qkv(1, 4, 2, 5, 5, 4, 4, 22));
+  write_f32("sinks.npy", {3}, {0.0f, 1.0f, 2.0f});
+  expect_failure(run(qkv_arguments() + " --sinks '" + path("sinks.npy") + "'"), 2,
+                 "--sinks " + path("sinks.npy") + ": options.sinks.shape[0] = 3 does not match "
+                 "q.shape[1] (Hq) = 4");
+  write_f32("sinks2.npy", {1, 4}, {0.0f, 1.0f, 2.0f, 3.0f});
+  expect_failure(run(qkv_arguments() + " --sinks '" + path("sinks2.npy") + "'"), 2,
+                 "--sinks " + path("sinks2.npy") + ": options.sinks.rank: expected 1 ([Hq])");
+}
+
+TEST_F(Cli, NegativeOrNonFiniteSoftcapExits2) {
+  write_qkv(random_qkv(1, 1, 1, 4, 4, 4, 4, 23));
+  expect_failure(run(qkv_arguments() + " --softcap -1"), 2, "--softcap");
+  expect_failure(run(qkv_arguments() + " --softcap inf"), 2, "--softcap");
+  expect_failure(run(qkv_arguments() + " --softcap 1e300"), 2, "--softcap");
 }
 
 TEST_F(Cli, RunIsBitwiseIdenticalForOneAndTwoThreads) {

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
@@ -63,6 +64,7 @@ Tensor view_of(std::vector<float>& values, const Shape& shape) {
 struct GradProblem {
   Shape q_shape, k_shape, v_shape, out_shape, bias_shape;
   std::vector<float> q, k, v, dout, bias;  // bias empty: none
+  std::vector<float> sinks;                // empty, or [Hq]
   std::vector<std::uint8_t> mask;          // empty, or [1, 1, Lq, Lk]
   std::vector<std::int32_t> key_lengths, query_lengths;
   Options
@@ -71,6 +73,7 @@ struct GradProblem {
   Options options_with_views() {
     Options o = options;
     if (!bias.empty()) o.bias = view_of(bias, bias_shape);
+    if (!sinks.empty()) o.sinks = view_of(sinks, {q_shape[1]});
     if (!mask.empty())
       o.mask = Tensor::contiguous(mask.data(), DType::boolean, {1, 1, q_shape[2], k_shape[2]});
     o.key_lengths = key_lengths;
@@ -109,11 +112,13 @@ BackwardReferences references(GradProblem p) {
   std::vector<float> out(count(p.out_shape)),
       lse(count({p.q_shape[0], p.q_shape[1], p.q_shape[2]}));
   std::vector<float> dq(p.q.size()), dk(p.k.size()), dv(p.v.size()), dbias(p.bias.size());
+  std::vector<float> dsinks(p.sinks.size());
   Grads grads;
   grads.dq = view_of(dq, p.q_shape);
   grads.dk = view_of(dk, p.k_shape);
   grads.dv = view_of(dv, p.v_shape);
   if (!p.bias.empty()) grads.dbias = view_of(dbias, p.bias_shape);
+  if (!p.sinks.empty()) grads.dsinks = view_of(dsinks, {p.q_shape[1]});
   return BackwardReferences(validate_backward(
       view_of(p.q, p.q_shape), view_of(p.k, p.k_shape), view_of(p.v, p.v_shape),
       view_of(out, p.out_shape), view_of(p.dout, p.out_shape),
@@ -171,6 +176,7 @@ class CliGrad : public ::testing::Test {
     write("v.npy", array_of(DType::f32, p.v_shape, p.v));
     write("dout.npy", array_of(DType::f32, p.out_shape, p.dout));
     if (!p.bias.empty()) write("bias.npy", array_of(DType::f32, p.bias_shape, p.bias));
+    if (!p.sinks.empty()) write("sinks.npy", array_of(DType::f32, {p.q_shape[1]}, p.sinks));
     if (!p.mask.empty())
       write("mask.npy", array_of(DType::boolean, {1, 1, p.q_shape[2], p.k_shape[2]}, p.mask));
     if (!p.key_lengths.empty())
@@ -263,6 +269,38 @@ TEST_F(CliGrad, CombinesMaskLengthsWindowAndScale) {
                           flag("key-lengths", "kl.npy") + flag("query-lengths", "ql.npy") +
                           " --causal top-left --window 4,2 --scale 0.3 --threads 2 --json");
   expect_gradients_match(references(p), p, r, false);
+}
+
+TEST_F(CliGrad, SoftcapAndSinksWithDsinksMatchFp64Reference) {
+  GradProblem p = random_problem(2, 4, 2, 9, 13, 16, 8, 31);
+  add_bias(p, {1, 4, 9, 13}, 32);
+  p.sinks = {0.5f, 2.0f, -std::numeric_limits<float>::infinity(), -1.0f};
+  p.options.softcap = 1.5f;
+  p.options.scale = 1.0f;  // with N(0, 1) inputs and Dk 16, most scores pass the cap
+  p.options.causal = Causal::bottom_right;
+  write_problem(p);
+  const CliResult r = run(grad_arguments() + flag("bias", "bias.npy") + flag("sinks", "sinks.npy") +
+                          flag("dsinks", "ds.npy") + " --softcap 1.5 --scale 1 --causal bottom-right --json");
+  const BackwardReferences refs = references(p);
+  expect_gradients_match(refs, p, r, false);
+  EXPECT_EQ(shape_of("ds.npy"), (Shape{4}));
+  EXPECT_TRUE(gradient_rule("dsinks", read_f32("ds.npy"), refs.naive32.dsinks, refs.ref64.dsinks,
+                            refs.bounds.dsinks));
+  const auto s = nlohmann::json::parse(r.out);
+  EXPECT_EQ(s["options"]["softcap"], 1.5);
+  EXPECT_EQ(s["options"]["sinks"], path("sinks.npy"));
+  EXPECT_EQ(s["outputs"]["dsinks"], path("ds.npy"));
+}
+
+TEST_F(CliGrad, DsinksWithoutSinksOrSinksOfWrongShapeExit2) {
+  GradProblem p = random_problem(1, 2, 1, 4, 4, 4, 4, 33);
+  write_problem(p);
+  expect_failure(run(grad_arguments() + flag("dsinks", "ds.npy")), 2, "--sinks");
+  write("sinks.npy", array_of(DType::f32, {3}, std::vector<float>{1, 2, 3}));
+  expect_failure(run(grad_arguments() + flag("sinks", "sinks.npy") + flag("dsinks", "ds.npy")), 2,
+                 "--sinks " + path("sinks.npy") + ": options.sinks.shape[0] = 3 does not match "
+                 "q.shape[1] (Hq) = 2");
+  expect_failure(run(grad_arguments() + " --softcap -2"), 2, "--softcap");
 }
 
 TEST_F(CliGrad, GivenOutAndLseGiveTheSameGradientsAsComputingThem) {
@@ -419,7 +457,8 @@ TEST_F(CliGrad, HelpListsTheGradientOptions) {
   const CliResult r = run("grad --help");
   EXPECT_EQ(r.exit_code, 0);
   for (const char* text :
-       {"--dout", "--dq", "--dk", "--dv", "--dbias", "--lse", "--window", "--json"})
+       {"--dout", "--dq", "--dk", "--dv", "--dbias", "--dsinks", "--sinks", "--softcap", "--lse",
+        "--window", "--json"})
     EXPECT_NE(r.out.find(text), std::string::npos) << text;
 }
 

@@ -34,12 +34,14 @@ struct GradArgs {
   std::string q, k, v, dout;                           // required inputs
   std::string out, lse;                                // the forward's outputs: both or neither
   std::string mask, bias, key_lengths, query_lengths;  // optional inputs ("" = not given)
-  std::string dq, dk, dv, dbias;                       // outputs (dbias optional)
+  std::string sinks;                                   // optional [Hq] attention sinks
+  std::string dq, dk, dv, dbias, dsinks;               // outputs (dbias, dsinks optional)
   std::string causal = "none";
   std::string window;  // "L,R"
   std::string isa = "auto";
   double scale = 0;
   CLI::Option* scale_option = nullptr;  // scale was given iff this option's count() > 0
+  double softcap = 0;                   // 0 = off
   int threads = 0;
   bool json = false;
   bool u2_as_bf16 = false;
@@ -55,6 +57,7 @@ Options scalar_options(const GradArgs& args) {
   options.threads = args.threads;
   if (!args.window.empty()) options.window = parse_window(args.window);
   if (args.scale_option->count() > 0) options.scale = static_cast<float>(args.scale);
+  options.softcap = static_cast<float>(args.softcap);
   return options;
 }
 
@@ -65,8 +68,13 @@ void check_paths(const GradArgs& args) {
          "neither and sdpa grad runs the forward");
   if (!args.dbias.empty() && args.bias.empty())
     fail("--dbias ", args.dbias, ": given without --bias (there is no bias to differentiate)");
-  check_distinct_outputs(
-      {{"--dq", &args.dq}, {"--dk", &args.dk}, {"--dv", &args.dv}, {"--dbias", &args.dbias}});
+  if (!args.dsinks.empty() && args.sinks.empty())
+    fail("--dsinks ", args.dsinks, ": given without --sinks (there are no sinks to differentiate)");
+  check_distinct_outputs({{"--dq", &args.dq},
+                          {"--dk", &args.dk},
+                          {"--dv", &args.dv},
+                          {"--dbias", &args.dbias},
+                          {"--dsinks", &args.dsinks}});
 }
 
 // The library's argument names in command-line terms (see with_flag_context).
@@ -76,10 +84,13 @@ auto in_flag_terms(const GradArgs& a, Call&& call) {
                             {"options.query_lengths", "--query-lengths", &a.query_lengths},
                             {"options.mask", "--mask", &a.mask},
                             {"options.bias", "--bias", &a.bias},
+                            {"options.sinks", "--sinks", &a.sinks},
+                            {"options.softcap", "--softcap", nullptr},
                             {"options.scale", "--scale", nullptr},
                             {"options.window", "--window", nullptr},
                             {"options.threads", "--threads", nullptr},
                             {"grads.dbias", "--dbias", &a.dbias},
+                            {"grads.dsinks", "--dsinks", &a.dsinks},
                             {"q.", "--q", &a.q},
                             {"k.", "--k", &a.k},
                             {"v.", "--v", &a.v},
@@ -96,6 +107,7 @@ struct Inputs {
   npy::Array q, k, v, dout;              // f32, or all four bf16 / all four f16
   std::optional<npy::Array> out, lse;    // when given: out f32 or the inputs' dtype, lse f32
   std::optional<npy::Array> mask, bias;  // bool, f32
+  std::optional<npy::Array> sinks;       // f32 [Hq]
   std::vector<std::int32_t> key_lengths, query_lengths;
 };
 
@@ -124,6 +136,7 @@ Inputs read_inputs(const GradArgs& args) {
   if (!args.lse.empty()) in.lse = read_f32(args.lse, "--lse", read_options);
   if (!args.mask.empty()) in.mask = read_mask(args.mask);
   if (!args.bias.empty()) in.bias = read_f32(args.bias, "--bias", read_options);
+  if (!args.sinks.empty()) in.sinks = read_f32(args.sinks, "--sinks", read_options);
   if (!args.key_lengths.empty()) in.key_lengths = read_lengths(args.key_lengths, "--key-lengths");
   if (!args.query_lengths.empty())
     in.query_lengths = read_lengths(args.query_lengths, "--query-lengths");
@@ -133,6 +146,7 @@ Inputs read_inputs(const GradArgs& args) {
 void attach_inputs(Inputs& in, Options& options) {
   if (in.mask) options.mask = in.mask->tensor();
   if (in.bias) options.bias = in.bias->tensor();
+  if (in.sinks) options.sinks = in.sinks->tensor();
   options.key_lengths = in.key_lengths;
   options.query_lengths = in.query_lengths;
 }
@@ -142,6 +156,7 @@ void attach_inputs(Inputs& in, Options& options) {
 struct Results {
   npy::Array dq, dk, dv;            // shapes of q, k, v: the inputs' dtype, or f32 (--out-dtype)
   std::optional<npy::Array> dbias;  // f32, shape of the bias
+  std::optional<npy::Array> dsinks;  // f32 [Hq]
   float dscale = 0;
   RunInfo info;                      // of the backward
   std::optional<double> forward_ms;  // when the forward ran here
@@ -155,6 +170,7 @@ Results allocate_results(const Problem& p, const Inputs& in, const GradArgs& arg
   r.dk = zeros({p.batch, p.heads_kv, p.len_k, p.dim_k}, dtype);
   r.dv = zeros({p.batch, p.heads_kv, p.len_k, p.dim_v}, dtype);
   if (!args.dbias.empty() && in.bias) r.dbias = zeros_f32(in.bias->shape);
+  if (!args.dsinks.empty() && in.sinks) r.dsinks = zeros_f32({p.heads_q});
   return r;
 }
 
@@ -164,6 +180,7 @@ Grads grad_views(Results& r) {
   grads.dk = r.dk.tensor();
   grads.dv = r.dv.tensor();
   if (r.dbias) grads.dbias = r.dbias->tensor();
+  if (r.dsinks) grads.dsinks = r.dsinks->tensor();
   grads.dscale = &r.dscale;
   return grads;
 }
@@ -195,6 +212,7 @@ void write_results(const Results& r, const GradArgs& args) {
   std::vector<std::pair<std::string, const npy::Array*>> outputs{
       {args.dq, &r.dq}, {args.dk, &r.dk}, {args.dv, &r.dv}};
   if (r.dbias) outputs.emplace_back(args.dbias, &*r.dbias);
+  if (r.dsinks) outputs.emplace_back(args.dsinks, &*r.dsinks);
   write_all_or_nothing(outputs);
 }
 
@@ -205,6 +223,7 @@ nlohmann::ordered_json summary_json(const Problem& p, const GradArgs& args, cons
   auto path_or_null = [](const std::string& path) { return path.empty() ? json() : json(path); };
   json outputs = {{"dq", args.dq}, {"dk", args.dk}, {"dv", args.dv}};
   if (!args.dbias.empty()) outputs["dbias"] = args.dbias;
+  if (!args.dsinks.empty()) outputs["dsinks"] = args.dsinks;
   return json{
       {"command", "grad"},
       {"shapes",
@@ -222,7 +241,9 @@ nlohmann::ordered_json summary_json(const Problem& p, const GradArgs& args, cons
         {"mask", path_or_null(args.mask)},
         {"bias", path_or_null(args.bias)},
         {"key_lengths", path_or_null(args.key_lengths)},
-        {"query_lengths", path_or_null(args.query_lengths)}}},
+        {"query_lengths", path_or_null(args.query_lengths)},
+        {"softcap", p.softcap},
+        {"sinks", path_or_null(args.sinks)}}},
       {"forward", args.out.empty() ? json("computed") : json("given")},
       {"isa", isa_name(r.info.isa)},
       {"threads", r.info.threads},
@@ -245,7 +266,8 @@ void print_human(const nlohmann::ordered_json& s) {
             << "\n  options  causal=" << opt["causal"].get<std::string>()
             << " scale=" << opt["scale"]
             << " window=" << (opt["window"].is_null() ? "none" : opt["window"].dump());
-  for (const char* input : {"mask", "bias", "key_lengths", "query_lengths"})
+  if (opt["softcap"].get<double>() != 0) std::cout << " softcap=" << opt["softcap"];
+  for (const char* input : {"mask", "bias", "key_lengths", "query_lengths", "sinks"})
     if (!opt[input].is_null()) std::cout << " " << input << "=" << opt[input].get<std::string>();
   std::cout << "\n  isa      " << s["isa"].get<std::string>() << ", threads " << s["threads"];
   if (s["forward_ms"].is_null())
@@ -292,6 +314,7 @@ void add_options(CLI::App& cmd, GradArgs& a) {
   cmd.add_option("--dk", a.dk, "output dL/dk .npy [B, Hkv, Lk, Dk]")->required();
   cmd.add_option("--dv", a.dv, "output dL/dv .npy [B, Hkv, Lk, Dv]")->required();
   cmd.add_option("--dbias", a.dbias, "output dL/d(bias) .npy, f32, the shape of --bias");
+  cmd.add_option("--dsinks", a.dsinks, "output dL/d(sinks) .npy, f32 [Hq] (with --sinks)");
   cmd.add_option("--causal", a.causal, "causal alignment")
       ->check(CLI::IsMember(causal_choices))
       ->capture_default_str();
@@ -302,6 +325,10 @@ void add_options(CLI::App& cmd, GradArgs& a) {
                  "i32/i64 .npy [B]: rows >= length are padding");
   cmd.add_option("--window", a.window, "sliding window L,R around the diagonal (-1 = unbounded)");
   a.scale_option = cmd.add_option("--scale", a.scale, "logit scale (default 1/sqrt(Dk))");
+  cmd.add_option("--softcap", a.softcap,
+                 "logit softcap C: scores C*tanh(scale*q.k/C) before bias and masks (0 = off)");
+  cmd.add_option("--sinks", a.sinks,
+                 "float .npy [Hq]: per-head attention sink logits (-inf = none for that head)");
   cmd.add_option("--threads", a.threads, "threads (0 = all)")->capture_default_str();
   cmd.add_option("--isa", a.isa, "kernel instruction set")
       ->check(CLI::IsMember(isa_choices))

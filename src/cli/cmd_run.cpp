@@ -34,12 +34,14 @@ namespace {
 struct RunArgs {
   std::string q, k, v, out;                            // required paths
   std::string mask, bias, key_lengths, query_lengths;  // optional input paths ("" = not given)
+  std::string sinks;                                   // optional [Hq] attention sinks
   std::string lse, weights, entropy;                   // optional output paths
   std::string causal = "none";
   std::string window;  // "L,R"
   std::string isa = "auto";
   double scale = 0;
   CLI::Option* scale_option = nullptr;  // scale was given iff this option's count() > 0
+  double softcap = 0;                   // 0 = off
   int threads = 0;
   int repeat = 1;
   bool json = false;
@@ -86,6 +88,7 @@ Options scalar_options(const RunArgs& args) {
   options.threads = args.threads;
   if (!args.window.empty()) options.window = parse_window(args.window);
   if (args.scale_option->count() > 0) options.scale = static_cast<float>(args.scale);
+  options.softcap = static_cast<float>(args.softcap);
   return options;
 }
 
@@ -96,6 +99,7 @@ struct Inputs {
   npy::Array q, k, v;              // f32, or all three bf16 / all three f16
   std::optional<npy::Array> mask;  // bool
   std::optional<npy::Array> bias;  // f32
+  std::optional<npy::Array> sinks;  // f32 [Hq]
   std::vector<std::int32_t> key_lengths, query_lengths;
 };
 
@@ -181,6 +185,7 @@ Inputs read_inputs(const RunArgs& args) {
   }
   if (!args.mask.empty()) in.mask = read_mask(args.mask);
   if (!args.bias.empty()) in.bias = read_f32(args.bias, "--bias", read_options);
+  if (!args.sinks.empty()) in.sinks = read_f32(args.sinks, "--sinks", read_options);
   if (!args.key_lengths.empty()) in.key_lengths = read_lengths(args.key_lengths, "--key-lengths");
   if (!args.query_lengths.empty())
     in.query_lengths = read_lengths(args.query_lengths, "--query-lengths");
@@ -190,6 +195,7 @@ Inputs read_inputs(const RunArgs& args) {
 void attach_inputs(Inputs& in, Options& options) {
   if (in.mask) options.mask = in.mask->tensor();
   if (in.bias) options.bias = in.bias->tensor();
+  if (in.sinks) options.sinks = in.sinks->tensor();
   options.key_lengths = in.key_lengths;
   options.query_lengths = in.query_lengths;
 }
@@ -209,6 +215,8 @@ std::string flag_context(const std::string& message, const RunArgs& args) {
       {"options.query_lengths", "--query-lengths", &args.query_lengths},
       {"options.mask", "--mask", &args.mask},
       {"options.bias", "--bias", &args.bias},
+      {"options.sinks", "--sinks", &args.sinks},
+      {"options.softcap", "--softcap", nullptr},
       {"options.scale", "--scale", nullptr},
       {"options.window", "--window", nullptr},
       {"options.threads", "--threads", nullptr},
@@ -327,7 +335,9 @@ nlohmann::ordered_json summary_json(const Problem& p, const RunArgs& args, const
         {"mask", path_or_null(args.mask)},
         {"bias", path_or_null(args.bias)},
         {"key_lengths", path_or_null(args.key_lengths)},
-        {"query_lengths", path_or_null(args.query_lengths)}}},
+        {"query_lengths", path_or_null(args.query_lengths)},
+        {"softcap", p.softcap},
+        {"sinks", path_or_null(args.sinks)}}},
       {"dtype", dtype_name(p.dtype)},
       {"out_dtype", dtype_name(args.out_dtype == "f32" ? DType::f32 : p.dtype)},
       {"isa", isa_name(timing.info.isa)},
@@ -351,7 +361,8 @@ void print_human(const nlohmann::ordered_json& s) {
             << "\n  options  causal=" << opt["causal"].get<std::string>()
             << " scale=" << opt["scale"]
             << " window=" << (opt["window"].is_null() ? "none" : opt["window"].dump());
-  for (const char* input : {"mask", "bias", "key_lengths", "query_lengths"})
+  if (opt["softcap"].get<double>() != 0) std::cout << " softcap=" << opt["softcap"];
+  for (const char* input : {"mask", "bias", "key_lengths", "query_lengths", "sinks"})
     if (!opt[input].is_null()) std::cout << " " << input << "=" << opt[input].get<std::string>();
   std::cout << "\n  isa      " << s["isa"].get<std::string>() << ", threads " << s["threads"]
             << "\n  time     " << s["time_ms"].get<double>() << " ms (median of " << s["repeat"]
@@ -402,6 +413,10 @@ void add_options(CLI::App& cmd, RunArgs& a) {
                  "i32/i64 .npy [B]: rows >= length are padding");
   cmd.add_option("--window", a.window, "sliding window L,R around the diagonal (-1 = unbounded)");
   a.scale_option = cmd.add_option("--scale", a.scale, "logit scale (default 1/sqrt(Dk))");
+  cmd.add_option("--softcap", a.softcap,
+                 "logit softcap C: scores C*tanh(scale*q.k/C) before bias and masks (0 = off)");
+  cmd.add_option("--sinks", a.sinks,
+                 "float .npy [Hq]: per-head attention sink logits (-inf = none for that head)");
   cmd.add_option("--lse", a.lse, "also write the log-sum-exp per row, f32 [B, Hq, Lq]");
   cmd.add_option("--weights", a.weights, "also write the softmax weights, f32 [B, Hq, Lq, Lk]");
   cmd.add_option("--entropy", a.entropy,
