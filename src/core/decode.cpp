@@ -235,6 +235,9 @@ bool decode_plan_applies(const Problem& p) {
   if (p.len_q < 1 || p.len_q > kDecodeMaxQueries || p.group * p.len_q > kDecodeMaxRows)
     return false;
   if (p.weights || p.dim_k > kDecodeMaxDim || p.dim_v > kDecodeMaxDim) return false;
+  // The split-KV kernels apply neither a softcap nor attention sinks: such calls take the prefill
+  // plan, which does.
+  if (p.softcap > 0.0f || p.sinks != nullptr) return false;
   return p.workspace_limit == 0 ||
          make_decode_plan(p, TensorSource(p)).workspace_bytes() <= p.workspace_limit;
 }

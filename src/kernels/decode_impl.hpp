@@ -401,6 +401,7 @@ bool chunk_softmax(const DecodeShape& shape, const DecodeRows& rows, const Decod
             ? kNegInf
             : logits_row(row, chunk.key0, ld, max_i64(rows.key_begin[r], chunk.key0),
                          min_i64(rows.key_end[r], key_end), shape.scale,
+                         0.0f,  // no softcap: the split-KV plan is not taken with one
                          rows.bias != nullptr ? rows.bias[r] : nullptr, rows.bias_stride,
                          rows.mask != nullptr ? rows.mask[r] : nullptr, rows.mask_stride);
     // A NaN logit (NaN in q or k) may be dropped by the maximum, which then reads −inf although
