@@ -197,6 +197,8 @@ class _Call:
         key_lengths: Any,
         query_lengths: Any,
         threads: Optional[int],
+        softcap: float = 0.0,
+        sinks: Any = None,
         widen: bool = False,
     ) -> None:
         """widen: give the library float32 copies of 16-bit inputs (the backward: it widens them
@@ -275,6 +277,15 @@ class _Call:
             self.options["key_lengths"] = kl
         if ql is not None:
             self.options["query_lengths"] = ql
+        if not isinstance(softcap, numbers.Real) or isinstance(softcap, bool):
+            raise TypeError(f"softcap: expected a float, got {type(softcap).__name__}")
+        if softcap != 0:
+            self.options["softcap"] = float(softcap)  # the library checks finite and >= 0
+        self.sinks_shape: Optional[Tuple[int, ...]] = None
+        if sinks is not None:
+            sinks = _float32(sinks, "sinks")
+            self.sinks_shape = sinks.shape
+            self.options["sinks"] = sinks  # [Hq], any stride; the library checks shape and values
 
     def scores_shape(self) -> Tuple[int, ...]:
         """(*lead, Hq, Lq, Lk): what a mask broadcasts to (rank max(query.ndim, 3) at least)."""
@@ -341,6 +352,8 @@ def scaled_dot_product_attention(
     return_weights: bool = False,
     threads: Optional[int] = None,
     out: Optional[np.ndarray] = None,
+    softcap: float = 0.0,
+    sinks: Any = None,
 ) -> Union[np.ndarray, Tuple[np.ndarray, ...]]:
     """softmax(query @ key.T * scale + mask) @ value, exactly, on CPU; the torch function's semantics.
 
@@ -377,19 +390,26 @@ def scaled_dot_product_attention(
         threads: OpenMP threads; None = all. Results are bitwise identical for any count.
         out: a NumPy array of the output's shape to write into (any strides): float32, or the
             inputs' dtype when that is float16 / bfloat16.
+        softcap: logit softcap c (Gemma 2); 0 = off, else finite and > 0: the scaled scores
+            become c * tanh(scores / c) BEFORE the float mask is added and the masks applied.
+        sinks: attention sinks, a float array of shape (Hq,): query head h's rows get one more
+            logit sinks[h] in their softmax, with no value (it absorbs probability mass; -inf =
+            no sink). out sums over the real keys; lse includes the sink; a row that sees no key
+            gives output 0 and lse sinks[h]; weights are the keys' probabilities (rows sum to
+            1 - p_sink). Padding rows (query_lengths) have no sink.
 
     Returns:
         The output, a NumPy array of shape (..., Hq, Lq, Ev) in the inputs' dtype (float32,
         float16 or ml_dtypes.bfloat16; float32 for float64 or mixed inputs); with return_lse or
         return_weights, a tuple (out, lse) / (out, weights) / (out, lse, weights). A row that sees
-        no key gives output 0 and lse -inf, never NaN.
+        no key gives output 0 and lse -inf (sinks[h] with sinks), never NaN.
 
     Raises:
         TypeError: an input of an unsupported dtype (integers, complex, ...).
         ValueError: bad shapes or values, with the library's message naming the argument.
     """
     call = _Call(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
-                 causal_alignment, window, key_lengths, query_lengths, threads)
+                 causal_alignment, window, key_lengths, query_lengths, threads, softcap, sinks)
     b, hq, lq, _ = call.q.shape
     lk, dv = call.k.shape[2], call.v.shape[3]
     if out is None:
@@ -443,8 +463,10 @@ def attention_backward(
     return_dbias: bool = False,
     return_dscale: bool = False,
     threads: Optional[int] = None,
+    softcap: float = 0.0,
+    sinks: Any = None,
 ) -> Tuple[Any, ...]:
-    """Gradients of scaled_dot_product_attention: (dq, dk, dv[, dbias][, dscale]).
+    """Gradients of scaled_dot_product_attention: (dq, dk, dv[, dbias][, dscale][, dsinks]).
 
     grad_output is dL/d(out), shaped like the output. The arguments from query to threads are
     those of the forward call and mean the same. `output` and `lse` are that call's results
@@ -457,14 +479,17 @@ def attention_backward(
         bfloat16: computed in float32 and rounded; float32 for mixed inputs; dk and dv summed over the
         query heads of a GQA group); then dbias when return_dbias (the gradient of a float
         attn_mask, shaped like it, summed over its broadcast dimensions), then dscale when
-        return_dscale (dL/d(scale), a float).
+        return_dscale (dL/d(scale), a float), then dsinks when sinks are given (dL/d(sinks),
+        float32, shaped like sinks). With a softcap, dbias is the gradient of the capped logit
+        and dq, dk, dscale include the factor 1 - tanh^2.
 
     Raises:
         TypeError / ValueError: as scaled_dot_product_attention; ValueError also when only one of
         output and lse is given, or return_dbias without a float attn_mask.
     """
     call = _Call(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
-                 causal_alignment, window, key_lengths, query_lengths, threads, widen=True)
+                 causal_alignment, window, key_lengths, query_lengths, threads, softcap, sinks,
+                 widen=True)
     if (output is None) != (lse is None):
         raise ValueError("output and lse: give both (the forward's results) or neither")
     if return_dbias and call.mask_shape is None:
@@ -482,8 +507,9 @@ def attention_backward(
     dk = np.empty(call.k.shape, dtype=np.float32)
     dv = np.empty(call.v.shape, dtype=np.float32)
     dbias = np.empty(call.options["bias"].shape, dtype=np.float32) if return_dbias else None
+    dsinks = None if call.sinks_shape is None else np.empty(call.sinks_shape, dtype=np.float32)
     dscale = _core.backward(call.q, call.k, call.v, out4, dout4, lse3, dq, dk, dv,
-                            dbias=dbias, dscale=return_dscale, **call.options)
+                            dbias=dbias, dscale=return_dscale, dsinks=dsinks, **call.options)
     # 16-bit inputs: gradients computed (and summed over broadcast dimensions) in float32, then
     # rounded to the inputs' dtype (the library widens 16-bit inputs for the backward anyway).
     grads: list = [_unbroadcast(call.shaped(g), shape).astype(call.dtype, copy=False)
@@ -496,6 +522,8 @@ def attention_backward(
         grads.append(_unbroadcast(dbias, call.mask_shape))
     if return_dscale:
         grads.append(float(dscale))
+    if dsinks is not None:
+        grads.append(dsinks)
     return tuple(grads)
 
 

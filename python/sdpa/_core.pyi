@@ -38,6 +38,8 @@ def forward(
     query_lengths: Optional[npt.NDArray[np.int32]] = None,
     threads: int = 0,
     isa: str = "auto",
+    softcap: float = 0.0,
+    sinks: Optional[npt.NDArray[np.float32]] = None,
 ) -> RunInfo:
     """sdpa::forward on rank-4 views [B, H, L, D] (float32, float16, or bfloat16 as uint16 bit
     patterns; q, k, v of one dtype, out that dtype or float32); writes out (and lse, weights,
@@ -56,6 +58,7 @@ def backward(
     *,
     dbias: Optional[npt.NDArray[np.float32]] = None,
     dscale: bool = False,
+    dsinks: Optional[npt.NDArray[np.float32]] = None,
     mask: Optional[npt.NDArray[np.bool_]] = None,
     bias: Optional[npt.NDArray[np.float32]] = None,
     scale: Optional[float] = None,
@@ -65,8 +68,10 @@ def backward(
     query_lengths: Optional[npt.NDArray[np.int32]] = None,
     threads: int = 0,
     isa: str = "auto",
+    softcap: float = 0.0,
+    sinks: Optional[npt.NDArray[np.float32]] = None,
 ) -> Optional[float]:
-    """sdpa::backward: writes dq, dk, dv (and dbias when given); returns d(scale) when
+    """sdpa::backward: writes dq, dk, dv (and dbias, dsinks when given); returns d(scale) when
     dscale=True, else None."""
 
 def merge_attention(

@@ -99,9 +99,11 @@ sdpa::Options options_of(const std::optional<Input>& mask, const std::optional<I
                          std::optional<std::pair<std::int64_t, std::int64_t>> window,
                          const std::optional<Lengths>& key_lengths,
                          const std::optional<Lengths>& query_lengths, int threads,
-                         const std::string& isa) {
+                         const std::string& isa, float softcap, const std::optional<Input>& sinks) {
   sdpa::Options options;
   options.scale = scale;
+  options.softcap = softcap;
+  options.sinks = optional_tensor(sinks, "sinks");
   options.causal = causal_of(causal);
   options.mask = optional_tensor(mask, "mask");
   options.bias = optional_tensor(bias, "bias");
@@ -121,9 +123,9 @@ sdpa::RunInfo forward(const Input& q, const Input& k, const Input& v, const Outp
                       std::optional<std::pair<std::int64_t, std::int64_t>> window,
                       const std::optional<Lengths>& key_lengths,
                       const std::optional<Lengths>& query_lengths, int threads,
-                      const std::string& isa) {
+                      const std::string& isa, float softcap, const std::optional<Input>& sinks) {
   const sdpa::Options options = options_of(mask, bias, scale, causal, window, key_lengths,
-                                           query_lengths, threads, isa);
+                                           query_lengths, threads, isa, softcap, sinks);
   sdpa::Outputs outputs;
   outputs.out = tensor_of(out, "out");
   if (lse) outputs.lse = tensor_of(*lse, "lse");
@@ -139,14 +141,16 @@ std::optional<float> backward(const Input& q, const Input& k, const Input& v, co
                               const Input& dout, const Input& lse, const Output& dq,
                               const Output& dk, const Output& dv,
                               const std::optional<Output>& dbias, bool dscale,
+                              const std::optional<Output>& dsinks,
                               const std::optional<Input>& mask, const std::optional<Input>& bias,
                               std::optional<float> scale, const std::string& causal,
                               std::optional<std::pair<std::int64_t, std::int64_t>> window,
                               const std::optional<Lengths>& key_lengths,
                               const std::optional<Lengths>& query_lengths, int threads,
-                              const std::string& isa) {
+                              const std::string& isa, float softcap,
+                              const std::optional<Input>& sinks) {
   const sdpa::Options options = options_of(mask, bias, scale, causal, window, key_lengths,
-                                           query_lengths, threads, isa);
+                                           query_lengths, threads, isa, softcap, sinks);
   float dscale_value = 0.0f;
   sdpa::Grads grads;
   grads.dq = tensor_of(dq, "dq");
@@ -154,6 +158,7 @@ std::optional<float> backward(const Input& q, const Input& k, const Input& v, co
   grads.dv = tensor_of(dv, "dv");
   if (dbias) grads.dbias = tensor_of(*dbias, "dbias");
   if (dscale) grads.dscale = &dscale_value;
+  if (dsinks) grads.dsinks = tensor_of(*dsinks, "dsinks");
   const sdpa::Tensor tq = tensor_of(q, "q"), tk = tensor_of(k, "k"), tv = tensor_of(v, "v");
   const sdpa::Tensor tout = tensor_of(out, "out"), tdout = tensor_of(dout, "dout"),
                      tlse = tensor_of(lse, "lse");
@@ -214,7 +219,8 @@ NB_MODULE(_core, m) {
         nb::arg("bias").none() = nb::none(), nb::arg("scale").none() = nb::none(),
         nb::arg("causal") = "none", nb::arg("window").none() = nb::none(),
         nb::arg("key_lengths").none() = nb::none(), nb::arg("query_lengths").none() = nb::none(),
-        nb::arg("threads") = 0, nb::arg("isa") = "auto",
+        nb::arg("threads") = 0, nb::arg("isa") = "auto", nb::arg("softcap") = 0.0f,
+        nb::arg("sinks").none() = nb::none(),
         "sdpa::forward on rank-4 views [B, H, L, D] (float32, float16, or bfloat16 as uint16 "
         "bit patterns); writes out (and lse, weights, entropy when given). Raises ValueError "
         "with the library's message.");
@@ -222,13 +228,13 @@ NB_MODULE(_core, m) {
   m.def("backward", &backward, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"),
         nb::arg("dout"), nb::arg("lse"), nb::arg("dq"), nb::arg("dk"), nb::arg("dv"),
         nb::kw_only(), nb::arg("dbias").none() = nb::none(), nb::arg("dscale") = false,
-        nb::arg("mask").none() = nb::none(), nb::arg("bias").none() = nb::none(),
+        nb::arg("dsinks").none() = nb::none(), nb::arg("mask").none() = nb::none(), nb::arg("bias").none() = nb::none(),
         nb::arg("scale").none() = nb::none(), nb::arg("causal") = "none",
         nb::arg("window").none() = nb::none(), nb::arg("key_lengths").none() = nb::none(),
         nb::arg("query_lengths").none() = nb::none(), nb::arg("threads") = 0,
-        nb::arg("isa") = "auto",
-        "sdpa::backward: writes dq, dk, dv (and dbias when given); returns d(scale) when "
-        "dscale=True, else None.");
+        nb::arg("isa") = "auto", nb::arg("softcap") = 0.0f, nb::arg("sinks").none() = nb::none(),
+        "sdpa::backward: writes dq, dk, dv (and dbias, dsinks when given); returns d(scale) "
+        "when dscale=True, else None.");
 
   m.def("merge_attention", &merge_attention, nb::arg("outs"), nb::arg("lses"), nb::arg("out"),
         nb::kw_only(), nb::arg("lse").none() = nb::none(), nb::arg("threads") = 0,

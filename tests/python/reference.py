@@ -24,6 +24,8 @@ class Options:
     window: Optional[Tuple[int, int]] = None  # (left, right), -1 = unbounded
     key_lengths: Optional[np.ndarray] = None
     query_lengths: Optional[np.ndarray] = None
+    softcap: float = 0.0  # c > 0: scaled scores become c·tanh(s / c) before the bias
+    sinks: Optional[np.ndarray] = None  # [Hq]: one more logit per row of head h, with no value
 
 
 def visible_keys(lq: int, lk: int, o: Options, b: int) -> np.ndarray:
@@ -56,6 +58,8 @@ def _scores(q, k, o: Options, dtype):
     scale = dtype(1.0 / np.sqrt(dk)) if o.scale is None else dtype(o.scale)
     raw = q.astype(dtype) @ _expand_heads(k.astype(dtype), heads_q).swapaxes(-1, -2)
     logits = raw * scale
+    if o.softcap:
+        logits = dtype(o.softcap) * np.tanh(logits / dtype(o.softcap))
     if o.bias is not None:
         logits = logits + o.bias.astype(dtype)
     visible = np.stack([visible_keys(lq, lk, o, b) for b in range(batch)])[:, None]
@@ -66,15 +70,29 @@ def _scores(q, k, o: Options, dtype):
     return raw, logits, scale
 
 
+def _sink_logits(q, o: Options, dtype) -> np.ndarray:
+    """[B, Hq, Lq, 1]: each row's sink logit (-inf: none; padding rows have none)."""
+    batch, heads_q, lq, _ = q.shape
+    sinks = np.full((batch, heads_q, lq, 1), -np.inf, dtype)
+    if o.sinks is not None:
+        for b in range(batch):
+            qlen = lq if o.query_lengths is None else int(o.query_lengths[b])
+            sinks[b, :, :qlen, 0] = np.asarray(o.sinks, dtype)[:, None]
+    return sinks
+
+
 def forward(q, k, v, o: Options = Options(), dtype=np.float64):
-    """out [B, Hq, Lq, Dv], lse [B, Hq, Lq], weights [B, Hq, Lq, Lk]; empty rows give 0 / -inf / 0."""
+    """out [B, Hq, Lq, Dv], lse [B, Hq, Lq], weights [B, Hq, Lq, Lk]; empty rows give 0 / -inf / 0
+    (with a sink: 0 / sink / 0)."""
     _, logits, _ = _scores(q, k, o, dtype)
+    sink = _sink_logits(q, o, dtype)
     with np.errstate(invalid="ignore"):
         row_max = logits.max(axis=-1, keepdims=True) if logits.shape[-1] else np.full(
             logits.shape[:-1] + (1,), -np.inf, dtype)
+    row_max = np.maximum(row_max, sink)
     finite_max = np.where(np.isfinite(row_max), row_max, 0).astype(dtype)
     e = np.exp(logits - finite_max)
-    total = e.sum(axis=-1, keepdims=True)
+    total = e.sum(axis=-1, keepdims=True) + np.exp(sink - finite_max)
     weights = np.where(total > 0, e / np.where(total > 0, total, 1), 0).astype(dtype)
     out = weights @ _expand_heads(v.astype(dtype), q.shape[1])
     with np.errstate(divide="ignore"):
@@ -106,12 +124,25 @@ def backward(q, k, v, dout, o: Options = Options(), dtype=np.float64):
     dp = dout @ _expand_heads(v.astype(dtype), heads_q).swapaxes(-1, -2)
     delta = (p * dp).sum(axis=-1, keepdims=True)  # = rowsum(dO ∘ O)
     ds = p * (dp - delta)  # gradient of the logits
-    dq = scale * (ds @ _expand_heads(k.astype(dtype), heads_q))
-    dk = _group_sum(scale * (ds.swapaxes(-1, -2) @ q.astype(dtype)), heads_kv)
+    dscore = ds  # gradient of scale·q·k: through the softcap's tanh when there is one
+    if o.softcap:
+        dscore = ds * (1 - np.tanh(raw * scale / dtype(o.softcap)) ** 2)
+    dq = scale * (dscore @ _expand_heads(k.astype(dtype), heads_q))
+    dk = _group_sum(scale * (dscore.swapaxes(-1, -2) @ q.astype(dtype)), heads_kv)
     dv = _group_sum(p.swapaxes(-1, -2) @ dout, heads_kv)
     dbias = None if o.bias is None else unbroadcast(ds, o.bias.shape)
-    dscale = float((ds * np.where(p > 0, raw, 0)).sum())
+    dscale = float((dscore * np.where(p > 0, raw, 0)).sum())
     return dq, dk, dv, dbias, dscale
+
+
+def sink_gradient(q, k, v, dout, o: Options, dtype=np.float64) -> np.ndarray:
+    """dL/d(sinks) [Hq] = -Σ_{b, i} p_sink · rowsum(dO ∘ O)."""
+    out, lse, _ = forward(q, k, v, o, dtype)
+    sink = _sink_logits(q, o, dtype)[..., 0]
+    with np.errstate(invalid="ignore"):
+        p_sink = np.where(np.isfinite(sink), np.exp(sink - np.where(np.isfinite(lse), lse, 0)), 0)
+    delta = (dout.astype(dtype) * out).sum(axis=-1)
+    return -(p_sink * delta).sum(axis=(0, 2)).astype(dtype)
 
 
 def dscale_condition(q, k, v, dout, o: Options = Options()) -> float:
