@@ -151,7 +151,7 @@ TEST(ExtremeInputs, LogitOverflowingToMinusInfinityActsAsAMaskedKey) {
   in.k.at({0, 0, 11, 0}) = -10.0f;  // q·k·scale = −1e39: −inf in fp32
   OutputBuffers overflowing = in.make_outputs(), masked = in.make_outputs();
   Inputs with_mask{copy_of(in.q), copy_of(in.k), copy_of(in.v), std::nullopt, std::nullopt, {}, {},
-                   in.base, std::nullopt};
+                   in.base};
   with_mask.mask.emplace(DType::boolean, std::vector<std::int64_t>{30});
   with_mask.mask->fill([](const Index& x) { return static_cast<std::uint8_t>(x[0] != 11); });
   for (Isa isa : supported_isas()) {
@@ -172,7 +172,7 @@ TEST(ExtremeInputs, NegativeInfiniteBiasColumnsHideKeysExactlyAsTheMaskDoes) {
   in.base.causal = Causal::bottom_right;
   in.bias = floats({260}, std::vector<float>(260, 0.0f));
   Inputs with_mask{copy_of(in.q), copy_of(in.k), copy_of(in.v), std::nullopt, std::nullopt, {}, {},
-                   in.base, std::nullopt};
+                   in.base};
   with_mask.mask.emplace(DType::boolean, std::vector<std::int64_t>{260});
   with_mask.bias = floats({260}, std::vector<float>(260, 0.0f));
   for (std::int64_t j = 0; j < 260; ++j) {

@@ -308,7 +308,7 @@ void expect_grouped_equals_repeated(std::int64_t heads_q, std::int64_t heads_kv)
   grouped.base.causal = Causal::bottom_right;
   const std::int64_t group = heads_q / heads_kv;
   Inputs repeated{relayout(grouped.q, {}), repeat_heads(grouped.k, group),
-                  repeat_heads(grouped.v, group), std::nullopt, std::nullopt, {}, {}, grouped.base, std::nullopt};
+                  repeat_heads(grouped.v, group), std::nullopt, std::nullopt, {}, {}, grouped.base};
   EXPECT_TRUE(matches_reference_on_every_isa(grouped, "grouped heads"));
   OutputBuffers a = grouped.make_outputs(), b = repeated.make_outputs();
   for (Isa isa : supported_isas()) {
@@ -332,7 +332,7 @@ TEST(Forward, BlhdStridedLayoutGivesSameBitsAsContiguousCopy) {
   contiguous.base.causal = Causal::top_left;
   Inputs blhd{relayout(contiguous.q, blhd_layout()), relayout(contiguous.k, blhd_layout()),
               relayout(contiguous.v, blhd_layout()), std::nullopt, std::nullopt, {}, {},
-              contiguous.base, std::nullopt};
+              contiguous.base};
   OutputLayouts blhd_outputs;
   blhd_outputs.out = blhd_layout();
   OutputBuffers a = contiguous.make_outputs(), b = blhd.make_outputs(blhd_outputs);
@@ -411,7 +411,7 @@ void expect_padding_garbage_does_not_leak(bool poison_keys, bool poison_values) 
   in.key_lengths = {37, 70};
   OutputBuffers clean = in.make_outputs(), poisoned = in.make_outputs();
   Inputs garbage{relayout(in.q, {}), relayout(in.k, {}), relayout(in.v, {}), std::nullopt,
-                 std::nullopt, in.key_lengths, {}, in.base, std::nullopt};
+                 std::nullopt, in.key_lengths, {}, in.base};
   for (std::int64_t h = 0; h < 2; ++h)
     for (std::int64_t j = 37; j < 70; ++j)
       for (std::int64_t d = 0; d < 32; ++d) {

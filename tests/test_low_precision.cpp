@@ -336,49 +336,73 @@ TEST(LowPrecision, NaNValueSpreadsNoFurtherThanWithF32Inputs) {
 // ---- backward
 // ------------------------------------------------------------------------------------
 
+// With a softcap and attention sinks too (the widened call hands options and dsinks on unchanged).
 TEST(LowPrecisionBackward, EqualsTheFp32BackwardOnTheWidenedValues) {
   Rng rng(87);
-  for (DType dtype : {DType::bf16, DType::f16}) {
-    Inputs in = random_inputs(rng, 1, 4, 2, 45, 60, 24, 20);
-    in.base.causal = Causal::top_left;
-    in.set_dtype(dtype);
-    Strided<float> dout = random_floats(rng, {1, 4, 45, 20}, {});
-    const Strided<std::uint16_t> dout16 = to_16bit(dout, dtype, {});
-    OutputLayouts layouts;
-    layouts.out_dtype = dtype;
-    OutputBuffers fwd = in.make_outputs(layouts);
-    in.run(fwd, Isa::automatic, 2);
-    // fp32 call on the same values (out widened from the 16-bit forward's out).
-    std::vector<float> out32;
-    for (std::uint16_t bits : fwd.out16->storage) out32.push_back(widen(dtype, bits));
-    const Tensor out_f32 = Tensor::contiguous(out32.data(), DType::f32, {1, 4, 45, 20});
-    std::vector<float> dq(4 * 45 * 24), dk(2 * 60 * 24), dv(2 * 60 * 20);
-    Grads g32{Tensor::contiguous(dq.data(), DType::f32, {1, 4, 45, 24}),
-              Tensor::contiguous(dk.data(), DType::f32, {1, 2, 60, 24}),
-              Tensor::contiguous(dv.data(), DType::f32, {1, 2, 60, 20}), std::nullopt, nullptr};
-    Options o = in.options();
-    backward(in.q.tensor, in.k.tensor, in.v.tensor, out_f32, dout.tensor, fwd.lse->tensor, o, g32);
-    // 16-bit call, gradients in f32 (exactly the fp32 call's) and in the dtype (its rounding).
-    std::vector<float> dq_b(dq.size()), dk_b(dk.size()), dv_b(dv.size());
-    Grads wide{Tensor::contiguous(dq_b.data(), DType::f32, {1, 4, 45, 24}),
-               Tensor::contiguous(dk_b.data(), DType::f32, {1, 2, 60, 24}),
-               Tensor::contiguous(dv_b.data(), DType::f32, {1, 2, 60, 20}), std::nullopt, nullptr};
-    backward(in.q_tensor(), in.k_tensor(), in.v_tensor(), fwd.out16->tensor, dout16.tensor,
-             fwd.lse->tensor, o, wide);
-    EXPECT_TRUE(bitwise_equal(dq, dq_b)) << dtype_name(dtype);
-    EXPECT_TRUE(bitwise_equal(dk, dk_b));
-    EXPECT_TRUE(bitwise_equal(dv, dv_b));
-    std::vector<std::uint16_t> dq16(dq.size()), dk16(dk.size()), dv16(dv.size());
-    Grads narrow_grads{Tensor::contiguous(dq16.data(), dtype, {1, 4, 45, 24}),
-                       Tensor::contiguous(dk16.data(), dtype, {1, 2, 60, 24}),
-                       Tensor::contiguous(dv16.data(), dtype, {1, 2, 60, 20}), std::nullopt,
-                       nullptr};
-    backward(in.q_tensor(), in.k_tensor(), in.v_tensor(), fwd.out16->tensor, dout16.tensor,
-             fwd.lse->tensor, o, narrow_grads);
-    for (std::size_t n = 0; n < dq.size(); ++n) ASSERT_EQ(dq16[n], narrow(dtype, dq[n])) << n;
-    for (std::size_t n = 0; n < dk.size(); ++n) ASSERT_EQ(dk16[n], narrow(dtype, dk[n])) << n;
-    for (std::size_t n = 0; n < dv.size(); ++n) ASSERT_EQ(dv16[n], narrow(dtype, dv[n])) << n;
-  }
+  for (DType dtype : {DType::bf16, DType::f16})
+    for (bool capped_with_sinks : {false, true}) {
+      Inputs in = random_inputs(rng, 1, 4, 2, 45, 60, 24, 20);
+      in.base.causal = Causal::top_left;
+      std::vector<float> sinks = {0.5f, 3.0f, -kInf, -1.25f}, dsinks(4), dsinks_b(4);
+      if (capped_with_sinks) {
+        in.base.softcap = 2.0f;
+        in.sinks = floats({4}, sinks);
+      }
+      in.set_dtype(dtype);
+      Strided<float> dout = random_floats(rng, {1, 4, 45, 20}, {});
+      const Strided<std::uint16_t> dout16 = to_16bit(dout, dtype, {});
+      OutputLayouts layouts;
+      layouts.out_dtype = dtype;
+      OutputBuffers fwd = in.make_outputs(layouts);
+      in.run(fwd, Isa::automatic, 2);
+      // fp32 call on the same values (out widened from the 16-bit forward's out).
+      std::vector<float> out32;
+      for (std::uint16_t bits : fwd.out16->storage) out32.push_back(widen(dtype, bits));
+      const Tensor out_f32 = Tensor::contiguous(out32.data(), DType::f32, {1, 4, 45, 20});
+      const auto with_dsinks = [&](Grads g, std::vector<float>& ds) {
+        if (capped_with_sinks) g.dsinks = Tensor::contiguous(ds.data(), DType::f32, {4});
+        return g;
+      };
+      std::vector<float> dq(4 * 45 * 24), dk(2 * 60 * 24), dv(2 * 60 * 20);
+      const Grads g32 = with_dsinks(
+          Grads{Tensor::contiguous(dq.data(), DType::f32, {1, 4, 45, 24}),
+                Tensor::contiguous(dk.data(), DType::f32, {1, 2, 60, 24}),
+                Tensor::contiguous(dv.data(), DType::f32, {1, 2, 60, 20}), std::nullopt, nullptr, {}},
+          dsinks);
+      Options o = in.options();
+      backward(in.q.tensor, in.k.tensor, in.v.tensor, out_f32, dout.tensor, fwd.lse->tensor, o, g32);
+      // 16-bit call, gradients in f32 (exactly the fp32 call's) and in the dtype (its rounding).
+      std::vector<float> dq_b(dq.size()), dk_b(dk.size()), dv_b(dv.size());
+      const Grads wide = with_dsinks(
+          Grads{Tensor::contiguous(dq_b.data(), DType::f32, {1, 4, 45, 24}),
+                Tensor::contiguous(dk_b.data(), DType::f32, {1, 2, 60, 24}),
+                Tensor::contiguous(dv_b.data(), DType::f32, {1, 2, 60, 20}), std::nullopt, nullptr,
+                {}},
+          dsinks_b);
+      backward(in.q_tensor(), in.k_tensor(), in.v_tensor(), fwd.out16->tensor, dout16.tensor,
+               fwd.lse->tensor, o, wide);
+      const std::string what = std::string(dtype_name(dtype)) + (capped_with_sinks ? " softcap+sinks" : "");
+      EXPECT_TRUE(bitwise_equal(dq, dq_b)) << what;
+      EXPECT_TRUE(bitwise_equal(dk, dk_b)) << what;
+      EXPECT_TRUE(bitwise_equal(dv, dv_b)) << what;
+      EXPECT_TRUE(bitwise_equal(dsinks, dsinks_b)) << what;
+      if (capped_with_sinks) {
+        EXPECT_NE(dsinks[0], 0.0f) << what;  // heads with a sink get a gradient
+        EXPECT_EQ(dsinks[2], 0.0f) << what;  // −inf: no sink, no gradient
+      }
+      std::vector<std::uint16_t> dq16(dq.size()), dk16(dk.size()), dv16(dv.size());
+      const Grads narrow_grads = with_dsinks(
+          Grads{Tensor::contiguous(dq16.data(), dtype, {1, 4, 45, 24}),
+                Tensor::contiguous(dk16.data(), dtype, {1, 2, 60, 24}),
+                Tensor::contiguous(dv16.data(), dtype, {1, 2, 60, 20}), std::nullopt, nullptr, {}},
+          dsinks_b);
+      backward(in.q_tensor(), in.k_tensor(), in.v_tensor(), fwd.out16->tensor, dout16.tensor,
+               fwd.lse->tensor, o, narrow_grads);
+      for (std::size_t n = 0; n < dq.size(); ++n) ASSERT_EQ(dq16[n], narrow(dtype, dq[n])) << n;
+      for (std::size_t n = 0; n < dk.size(); ++n) ASSERT_EQ(dk16[n], narrow(dtype, dk[n])) << n;
+      for (std::size_t n = 0; n < dv.size(); ++n) ASSERT_EQ(dv16[n], narrow(dtype, dv[n])) << n;
+      EXPECT_TRUE(bitwise_equal(dsinks, dsinks_b)) << what;
+    }
 }
 
 }  // namespace

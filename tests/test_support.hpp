@@ -453,18 +453,24 @@ inline double accuracy_slack(const std::vector<double>& ref64_lse) {
 ///     row sum l stays fp32 in both. f16 inputs are widened to fp32, P is never rounded.
 ///   - out rounded to the output dtype when that is 16-bit.
 /// lse, weights and entropy stay naive32's: every kernel computes them from fp32 logits. p_j is
-/// taken from naive32's weights as w_j / max w (= exp(s_j − max s) to within fp32 rounding).
+/// taken from naive32's weights as w_j / max w (= exp(s_j − max s) to within fp32 rounding). With
+/// an attention sink σ (real rows) the max also runs over the sink's weight w_σ = exp(σ − lse), as
+/// the kernels' running max does (a sink above every key: no p_j is 1, each one is rounded), and
+/// the row sum holds w_σ / max w (the sink has no value, so it is never rounded).
 inline void apply_16bit_baseline(const Problem& p, DType input, DType output,
                                  reference::Result<float>& naive) {
   const std::int64_t Lk = p.len_k, Dv = p.dim_v;
   const auto rows = static_cast<std::int64_t>(naive.lse.size());
   for (std::int64_t row = 0; row < rows && input == DType::bf16; ++row) {
-    const std::int64_t h = row / p.len_q % p.heads_q, b = row / p.len_q / p.heads_q;
+    const std::int64_t i = row % p.len_q, h = row / p.len_q % p.heads_q, b = row / p.len_q / p.heads_q;
     const float* w = naive.weights.data() + row * Lk;
     float w_max = 0;
     for (std::int64_t j = 0; j < Lk; ++j) w_max = std::isnan(w[j]) || w[j] > w_max ? w[j] : w_max;
     if (!(w_max > 0)) continue;  // no visible key (out stays 0) or NaN (out stays NaN)
-    float sum = 0;
+    const float sink = i < p.query_length(b) ? p.sink(h) : -kInf;
+    const float w_sink = sink == -kInf ? 0.0f : std::exp(sink - naive.lse[static_cast<std::size_t>(row)]);
+    w_max = std::max(w_max, w_sink);
+    float sum = w_sink / w_max;
     std::vector<float> acc(static_cast<std::size_t>(Dv), 0.0f);
     for (std::int64_t j = 0; j < Lk; ++j) {
       if (w[j] == 0) continue;
