@@ -35,9 +35,9 @@ namespace {
 
 // Decode shapes (1–16 queries, GQA groups up to 8, keys across several chunks) with every option:
 // bool mask, bias with −inf, causal alignments, windows, key and query lengths, lse and entropy,
-// strided layouts (packed rows), odd head dimensions.
+// strided layouts (packed rows), odd head dimensions, logit softcap, attention sinks.
 TEST(Decode, SplitKvMatchesFp64ReferenceWithEveryOptionOnEveryIsa) {
-  for (std::uint64_t seed = 1; seed <= 60; ++seed) {
+  for (std::uint64_t seed = 1; seed <= 80; ++seed) {
     Rng rng(seed * 31 + 5);
     const std::int64_t B = rng.integer(1, 2), Hkv = rng.integer(1, 2),
                        group = rng.pick<std::int64_t>({1, 2, 4, 8});
@@ -95,6 +95,7 @@ TEST(Decode, SplitKvMatchesFp64ReferenceWithEveryOptionOnEveryIsa) {
     layouts.want_lse = rng.chance(0.7);
     layouts.want_entropy = rng.chance(0.5);
     const int threads = static_cast<int>(rng.integer(1, 3));
+    random_softcap_and_sinks(rng, in, what);  // drawn last: the earlier draws keep their seeds
     ASSERT_TRUE(split_kv_matches_reference(in, layouts, what.str(), threads));
   }
 }
@@ -114,6 +115,15 @@ TEST(Decode, PlanIsChosenForFewQueryRowsAndNotForManyOrForWeights) {
   EXPECT_FALSE(applies(8, 8, 17, false));  // more than kDecodeMaxQueries
   EXPECT_FALSE(applies(64, 1, 2, false));  // 128 rows per group
   EXPECT_FALSE(applies(32, 8, 1, true));   // weights need the prefill plan
+  // A softcap and attention sinks do not: the split-KV kernels apply both.
+  Inputs in = random_inputs(rng, 1, 8, 2, 1, 40, 16, 16);
+  in.base.softcap = 30.0f;
+  in.sinks = floats({8}, std::vector<float>(8, 1.5f));
+  OutputLayouts layouts;
+  layouts.want_weights = false;
+  OutputBuffers buffers = in.make_outputs(layouts);
+  EXPECT_TRUE(decode_plan_applies(
+      validate_forward(in.q.tensor, in.k.tensor, in.v.tensor, in.options(), buffers.outputs())));
 }
 
 // Many chunks (Lk = 5000 → 20 chunks of 256) and 8 groups, with a mask, bias, window and lengths.

@@ -199,14 +199,18 @@ void combine_row(const Problem& p, const DecodePlan& plan, const ItemStates& sta
   const std::int64_t first = plan.first_item[static_cast<std::size_t>(g)];
   const std::int64_t last = plan.first_item[static_cast<std::size_t>(g) + 1];
   const bool moment = p.entropy.has_value();
-  double largest = -std::numeric_limits<double>::infinity();
+  // An attention sink (real rows only) is one more state with m = sink, l = 1, acc = 0, moment 0.
+  const double sink = i < p.query_length(b) ? p.sink(h) : -std::numeric_limits<double>::infinity();
+  const bool has_sink = sink != -std::numeric_limits<double>::infinity();
+  double largest = sink;
   for (std::int64_t item = first; item < last; ++item) {
     const kernels::ChunkState s = states.at(item, moment);
     if (s.sum[r] != 0.0f && s.max[r] > largest) largest = s.max[r];
   }
   std::fill(acc.begin(), acc.end(), 0.0);
-  double sum = 0, first_moment = 0;
-  bool any = false;
+  double sum = has_sink ? std::exp(sink - largest) : 0.0;
+  double first_moment = has_sink ? (sink - largest) * sum : 0.0;
+  bool any = has_sink;
   for (std::int64_t item = first; item < last; ++item) {
     const kernels::ChunkState s = states.at(item, moment);
     if (s.sum[r] == 0.0f) continue;  // no visible key in this chunk (a NaN sum is kept)
@@ -235,9 +239,6 @@ bool decode_plan_applies(const Problem& p) {
   if (p.len_q < 1 || p.len_q > kDecodeMaxQueries || p.group * p.len_q > kDecodeMaxRows)
     return false;
   if (p.weights || p.dim_k > kDecodeMaxDim || p.dim_v > kDecodeMaxDim) return false;
-  // The split-KV kernels apply neither a softcap nor attention sinks: such calls take the prefill
-  // plan, which does.
-  if (p.softcap > 0.0f || p.sinks != nullptr) return false;
   return p.workspace_limit == 0 ||
          make_decode_plan(p, TensorSource(p)).workspace_bytes() <= p.workspace_limit;
 }
@@ -257,8 +258,8 @@ DecodeRun run_split_kv(const Problem& p, const DecodeSource& source) {
   const Workspace scratch = acquire_workspace(
       plan.scratch_floats * static_cast<std::size_t>(plan.threads) * sizeof(float));
   const ItemStates states{states_memory.floats(), plan};
-  const kernels::DecodeShape shape{p.dim_k,        p.dim_v, plan.dim_k_pad,
-                                   plan.dim_v_pad, p.scale, source.row_type()};
+  const kernels::DecodeShape shape{p.dim_k,   p.dim_v,           plan.dim_k_pad, plan.dim_v_pad,
+                                   p.scale, source.row_type(), p.softcap};
   const std::int64_t lanes = plan.kernel->lanes;
   const std::int64_t c = kDecodeChunkKeys;
 

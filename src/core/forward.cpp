@@ -402,8 +402,6 @@ RunInfo forward_with_plan(const Tensor& q, const Tensor& k, const Tensor& v, con
     if (!f32_only)
       fail("q.dtype = ", dtype_name(p.dtype), ", out.dtype = ", dtype_name(p.out_dtype),
            ": the split-KV plan reads and writes f32 only (use the prefill plan)");
-    if (p.softcap > 0.0f || p.sinks != nullptr)
-      fail("options.softcap / options.sinks: the split-KV plan applies neither (the prefill plan does)");
     const DecodeRun run = run_decode(p);
     info.threads = run.threads;
     info.workspace_bytes = run.workspace_bytes;

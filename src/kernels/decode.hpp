@@ -42,6 +42,7 @@ struct DecodeShape {
   std::int64_t dim_k = 0, dim_v = 0, dim_k_pad = 0, dim_v_pad = 0;
   float scale = 1.0f;
   RowType row_type = RowType::f32;  // of the key and the value rows alike
+  float softcap = 0.0f;  // 0 = off; else logits are softcap·tanh(q·k·scale / softcap) + bias
 };
 
 /// The keys [key0, key0 + count) of one chunk: row c of the chunk is key key0 + c, its elements at

@@ -400,8 +400,7 @@ bool chunk_softmax(const DecodeShape& shape, const DecodeRows& rows, const Decod
         r >= rows.rows
             ? kNegInf
             : logits_row(row, chunk.key0, ld, max_i64(rows.key_begin[r], chunk.key0),
-                         min_i64(rows.key_end[r], key_end), shape.scale,
-                         0.0f,  // no softcap: the split-KV plan is not taken with one
+                         min_i64(rows.key_end[r], key_end), shape.scale, shape.softcap,
                          rows.bias != nullptr ? rows.bias[r] : nullptr, rows.bias_stride,
                          rows.mask != nullptr ? rows.mask[r] : nullptr, rows.mask_stride);
     // A NaN logit (NaN in q or k) may be dropped by the maximum, which then reads −inf although
