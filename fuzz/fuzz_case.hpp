@@ -8,6 +8,11 @@
 // rule's absolute term (1e-6) is meant for outputs of order 1 (with |v| up to 128 a correct kernel
 // one ulp off, where naive32 happens to be exact, already fails it). With `specials` (forward
 // only), NaN and ±inf are also placed into q, k and v.
+//
+// Drawn last (so the bytes before keep their meaning): the input dtype (f32, or bf16 / f16 with q,
+// k and v rounded to it, the references reading the same values; out in that dtype or f32), a
+// logit softcap (0 most of the time; tiny to huge) and attention sinks [Hq] (any layout; small,
+// large, huge or −inf values).
 #pragma once
 
 #include <fuzzer/FuzzedDataProvider.h>
@@ -29,6 +34,7 @@ using test::Strided;
 struct Case {
   test::Inputs inputs;
   test::OutputLayouts outputs;
+  Layout q_layout, k_layout, v_layout;  // those of inputs.q, .k, .v (for Inputs::set_dtype)
   Isa isa = Isa::scalar;
   int threads = 1;
   bool specials = false;  // q/k/v may hold NaN and ±inf
@@ -121,10 +127,14 @@ inline float decode_value(FuzzedDataProvider& d, int exponent, bool specials) {
 }
 
 // A float tensor whose values have magnitude at most 8·2^max_exponent.
+// `layout_out` (optional) receives the layout drawn.
 inline Strided<float> decode_floats(FuzzedDataProvider& d, std::vector<std::int64_t> shape,
-                                    int max_exponent, bool specials, bool allow_broadcast = true) {
+                                    int max_exponent, bool specials, bool allow_broadcast = true,
+                                    Layout* layout_out = nullptr) {
   const int rank = static_cast<int>(shape.size());
-  Strided<float> t(DType::f32, std::move(shape), decode_layout(d, rank, allow_broadcast));
+  const Layout layout = decode_layout(d, rank, allow_broadcast);
+  if (layout_out != nullptr) *layout_out = layout;
+  Strided<float> t(DType::f32, std::move(shape), layout);
   const int exponent = d.ConsumeIntegralInRange(-8, max_exponent);
   for (float& x : t.storage) x = decode_value(d, exponent, specials);
   return t;
@@ -212,6 +222,41 @@ inline void decode_options(FuzzedDataProvider& d, Case& c, std::ostringstream& w
   }
 }
 
+// The logit softcap (mostly 0 = off) and the attention sinks (mostly none).
+inline void decode_softcap_and_sinks(FuzzedDataProvider& d, Case& c, std::ostringstream& what) {
+  test::Inputs& in = c.inputs;
+  const auto cap_kind = d.ConsumeIntegral<std::uint8_t>();
+  if (cap_kind >= 192) {
+    in.base.softcap = d.PickValueInArray({1e-30f, 1e-3f, 0.5f, 5.0f, 30.0f, 50.0f, 1e30f});
+    what << " softcap=" << in.base.softcap;
+  }
+  if (d.ConsumeIntegral<std::uint8_t>() < 192) return;
+  in.sinks.emplace(DType::f32, std::vector<std::int64_t>{in.heads_q()}, decode_layout(d, 1, true));
+  what << " sinks/" << in.sinks->layout_name << "=";
+  for (std::size_t n = 0; n < in.sinks->storage.size(); ++n) {
+    const auto byte = d.ConsumeIntegral<std::uint8_t>();
+    float sink = static_cast<float>(static_cast<int>(byte) - 128) / 8.0f;  // [−16, 15.9]
+    if (byte >= 248)
+      sink = -std::numeric_limits<float>::infinity();
+    else if (byte >= 240)
+      sink = d.PickValueInArray({60.0f, -60.0f, 1e30f, -1e30f});
+    in.sinks->storage[n] = sink;
+    what << (n ? "," : "") << sink;
+  }
+}
+
+// bf16 / f16 inputs (mostly f32): q, k, v rounded to the dtype; out in the dtype when
+// `allow_16bit_out` (else f32, "fp32 on request").
+inline void decode_dtype(FuzzedDataProvider& d, Case& c, bool allow_16bit_out,
+                         std::ostringstream& what) {
+  const auto kind = d.ConsumeIntegral<std::uint8_t>();
+  if (kind < 160) return;
+  const DType dtype = kind < 224 ? DType::bf16 : DType::f16;
+  c.inputs.set_dtype(dtype, c.q_layout, c.k_layout, c.v_layout);
+  if (allow_16bit_out && d.ConsumeBool()) c.outputs.out_dtype = dtype;
+  what << " dtype=" << dtype_name(dtype) << " out_dtype=" << dtype_name(c.outputs.out_dtype);
+}
+
 inline void decode_execution(FuzzedDataProvider& d, Case& c, std::ostringstream& what) {
   const std::vector<Isa> isas = test::supported_isas();
   c.isa = isas[d.ConsumeIntegralInRange<std::size_t>(0, isas.size() - 1)];
@@ -220,8 +265,10 @@ inline void decode_execution(FuzzedDataProvider& d, Case& c, std::ostringstream&
 }
 
 /// One attention call from the fuzz bytes. `allow_specials`: NaN/±inf may enter q, k, v (decided by
-/// a byte); `allow_huge_bias`: the bias may hold ±1e30 and ±1e38.
-inline Case decode_case(FuzzedDataProvider& d, bool allow_specials, bool allow_huge_bias) {
+/// a byte); `allow_huge_bias`: the bias may hold ±1e30 and ±1e38; `allow_16bit_out`: out may be
+/// written in the inputs' 16-bit dtype (never with specials).
+inline Case decode_case(FuzzedDataProvider& d, bool allow_specials, bool allow_huge_bias,
+                        bool allow_16bit_out = true) {
   const Sizes sizes = decode_sizes(d);
   const std::int64_t B = sizes.batch, Hkv = sizes.heads_kv, Hq = sizes.heads_kv * sizes.group;
   const std::int64_t Lq = sizes.len_q, Lk = sizes.len_k, Dk = sizes.dim_k, Dv = sizes.dim_v;
@@ -229,9 +276,16 @@ inline Case decode_case(FuzzedDataProvider& d, bool allow_specials, bool allow_h
   std::ostringstream what;
   what << "B=" << B << " Hq=" << Hq << " Hkv=" << Hkv << " Lq=" << Lq << " Lk=" << Lk
        << " Dk=" << Dk << " Dv=" << Dv << (specials ? " specials" : "");
-  Case c{test::Inputs{decode_floats(d, {B, Hq, Lq, Dk}, kMaxLogitExponent, specials),
-                      decode_floats(d, {B, Hkv, Lk, Dk}, kMaxLogitExponent, specials),
-                      decode_floats(d, {B, Hkv, Lk, Dv}, kMaxValueExponent, specials),
+  Layout q_layout, k_layout, v_layout;
+  Strided<float> q =
+      decode_floats(d, {B, Hq, Lq, Dk}, kMaxLogitExponent, specials, true, &q_layout);
+  Strided<float> k =
+      decode_floats(d, {B, Hkv, Lk, Dk}, kMaxLogitExponent, specials, true, &k_layout);
+  Strided<float> v =
+      decode_floats(d, {B, Hkv, Lk, Dv}, kMaxValueExponent, specials, true, &v_layout);
+  Case c{test::Inputs{std::move(q),
+                      std::move(k),
+                      std::move(v),
                       std::nullopt,
                       std::nullopt,
                       {},
@@ -242,6 +296,9 @@ inline Case decode_case(FuzzedDataProvider& d, bool allow_specials, bool allow_h
                       {},
                       {}},
          {},
+         q_layout,
+         k_layout,
+         v_layout,
          Isa::scalar,
          1,
          specials,
@@ -267,6 +324,8 @@ inline Case decode_case(FuzzedDataProvider& d, bool allow_specials, bool allow_h
   o.want_weights = d.ConsumeBool();
   o.want_entropy = d.ConsumeBool();
   decode_execution(d, c, what);
+  decode_dtype(d, c, allow_16bit_out && !specials, what);
+  decode_softcap_and_sinks(d, c, what);
   c.what = what.str();
   return c;
 }

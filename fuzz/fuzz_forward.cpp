@@ -7,8 +7,14 @@
 //     (docs/RELIABILITY.md), so those rows must only be non-finite where the reference is; every
 //     other row must still pass the accuracy rule.
 //   * With one argument broken on purpose (a mismatched extent, a bad stride, length, window,
-//     scale, dtype, null pointer, ...), the call must throw sdpa::Error and write nothing.
+//     scale, softcap, sinks, dtype, null pointer, ...), the call must throw sdpa::Error and write
+//     nothing.
+//   * bf16 / f16 inputs (and out) are checked like the property tests check them: against the
+//     fp64 reference on the same 16-bit values with the 16-bit naive baseline
+//     (test_support.hpp's apply_16bit_baseline).
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 
 #include "core/mask.hpp"
 #include "fuzz_case.hpp"
@@ -24,10 +30,11 @@ struct Call {
   Outputs outputs;
 };
 
-constexpr int kMutations = 14;
+constexpr int kMutations = 17;
 
 // Breaks one argument of an otherwise valid call (`kind` in [0, kMutations)).
-void mutate(Call& call, int kind, std::vector<std::int32_t>& lengths_storage) {
+void mutate(Call& call, int kind, std::vector<std::int32_t>& lengths_storage,
+            std::vector<float>& sinks_storage) {
   const std::int64_t batch = call.q.shape[0];
   switch (kind) {
     case 0:
@@ -79,6 +86,22 @@ void mutate(Call& call, int kind, std::vector<std::int32_t>& lengths_storage) {
       call.outputs.lse = lse;
       break;
     }
+    case 13:
+      call.options.softcap = -1.0f;
+      break;
+    case 14:  // sinks of extent Hq + 1
+      sinks_storage.assign(static_cast<std::size_t>(call.q.shape[1] + 1), 0.0f);
+      call.options.sinks =
+          Tensor::contiguous(sinks_storage.data(), DType::f32, {call.q.shape[1] + 1});
+      break;
+    case 15:  // a NaN sink
+      sinks_storage.assign(static_cast<std::size_t>(call.q.shape[1]), 0.0f);
+      if (!sinks_storage.empty())
+        sinks_storage.back() = std::nanf("");
+      else
+        call.options.softcap = std::nanf("");  // Hq = 0: nothing to hold a NaN sink
+      call.options.sinks = Tensor::contiguous(sinks_storage.data(), DType::f32, {call.q.shape[1]});
+      break;
     default: {
       Tensor mask;  // mask of dtype f32
       mask.data = call.q.data;
@@ -92,12 +115,13 @@ void mutate(Call& call, int kind, std::vector<std::int32_t>& lengths_storage) {
 }
 
 void check_rejected(const Case& c, OutputBuffers& buffers, int kind) {
-  Call call{c.inputs.q.tensor, c.inputs.k.tensor, c.inputs.v.tensor, c.inputs.options(),
+  Call call{c.inputs.q_tensor(), c.inputs.k_tensor(), c.inputs.v_tensor(), c.inputs.options(),
             buffers.outputs()};
   call.options.isa = c.isa;
   call.options.threads = c.threads;
   std::vector<std::int32_t> lengths;
-  mutate(call, kind, lengths);
+  std::vector<float> sinks;
+  mutate(call, kind, lengths, sinks);
   buffers.reset();
   try {
     forward(call.q, call.k, call.v, call.options, call.outputs);
@@ -105,6 +129,10 @@ void check_rejected(const Case& c, OutputBuffers& buffers, int kind) {
     for (float x : buffers.out.storage)
       if (!test::is_sentinel(x))
         report(::testing::AssertionFailure() << "out written before an error", c);
+    if (buffers.out16)
+      for (std::uint16_t x : buffers.out16->storage)
+        if (!test::is_sentinel(x))
+          report(::testing::AssertionFailure() << "out written before an error", c);
     if (buffers.lse)
       for (float x : buffers.lse->storage)
         if (!test::is_sentinel(x))
@@ -182,9 +210,7 @@ void check_special_rows(const Case& c, test::References& refs, OutputBuffers& o)
 }
 
 void check_valid(Case& c, OutputBuffers& buffers) {
-  const Problem problem = validate_forward(c.inputs.q.tensor, c.inputs.k.tensor, c.inputs.v.tensor,
-                                           c.inputs.options(), buffers.outputs());
-  test::References refs(problem);
+  test::References refs = c.inputs.references(buffers);  // 16-bit: the 16-bit baseline
   const RunInfo info = c.inputs.run(buffers, c.isa, c.threads);
   if (info.isa != c.isa)
     report(::testing::AssertionFailure() << "ran on " << isa_name(info.isa), c);
@@ -201,6 +227,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   FuzzedDataProvider d(data, size);
   const auto mutation = d.ConsumeIntegral<std::uint8_t>();
   Case c = decode_case(d, /*allow_specials=*/true, /*allow_huge_bias=*/true);
+  if (std::getenv("SDPA_FUZZ_PRINT") != nullptr)  // what each input decodes to (picking seeds)
+    std::fprintf(stderr, "fuzz case: %s%s\n", c.what.c_str(),
+                 mutation >= 256 - kMutations ? " (rejection check)" : "");
   sdpa::test::OutputBuffers buffers = c.inputs.make_outputs(c.outputs);
   try {
     if (mutation >= 256 - kMutations) {

@@ -3,7 +3,9 @@
 change them). fuzz_npy: small .npy files as numpy writes them (every dtype and version, both byte
 orders, Fortran order, rank 0 and empty arrays) plus a few broken ones. fuzz_forward and
 fuzz_backward: pseudo-random byte strings (fixed seed) of several lengths; the decoder turns any
-bytes into a call, so these only give libFuzzer different starting sizes."""
+bytes into a call, so these only give libFuzzer different starting sizes. The other fuzz_forward /
+fuzz_backward seeds (named after what they decode to: 16-bit inputs, softcap, sinks) were picked
+from fuzz runs with SDPA_FUZZ_PRINT=1 (docs/RELIABILITY.md); this script leaves them alone."""
 import io
 import pathlib
 import random
