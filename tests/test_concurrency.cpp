@@ -6,11 +6,13 @@
 
 #include <atomic>
 #include <functional>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "backward_support.hpp"
+#include "core/decode.hpp"
 #include "test_support.hpp"
 
 namespace sdpa::test {
@@ -59,11 +61,15 @@ struct ForwardResult {
   std::vector<float> out, lse, weights, entropy;
 };
 
-ForwardResult forward_result(const Inputs& in, const Options& options, OutputBuffers& buffers) {
+// `plan` automatic picks prefill for these shapes unless weights are left out and Lq ≤ 16.
+ForwardResult forward_result(const Inputs& in, const Options& options, OutputBuffers& buffers,
+                             ForwardPlan plan = ForwardPlan::automatic) {
   buffers.reset();
-  forward(in.q.tensor, in.k.tensor, in.v.tensor, options, buffers.outputs());
-  return {buffers.out.dense(), buffers.lse->dense(), buffers.weights->dense(),
-          buffers.entropy->dense()};
+  forward_with_plan(in.q.tensor, in.k.tensor, in.v.tensor, options, buffers.outputs(), plan);
+  const auto dense = [](const std::optional<Strided<float>>& t) {
+    return t ? t->dense() : std::vector<float>{};
+  };
+  return {buffers.out.dense(), dense(buffers.lse), dense(buffers.weights), dense(buffers.entropy)};
 }
 
 ::testing::AssertionResult same_result(const ForwardResult& a, const ForwardResult& b) {
@@ -118,6 +124,26 @@ TEST(Concurrency, ConcurrentCallsOfDifferentSizesShareTheWorkspacePoolSafely) {
                                           : forward_result(small, small_options, mine_small);
       if (!same_result(got, use_large ? expected_large : expected_small)) ++mismatches;
     }
+  });
+  EXPECT_EQ(mismatches.load(), 0);
+}
+
+TEST(Concurrency, ConcurrentSplitKvDecodeCallsGiveTheBitsOfALoneCall) {
+  // Two query rows against 1,300 keys (six 256-key chunks): the split-KV plan, whose OpenMP team
+  // of 2 per caller shares each (batch, kv-head) group's chunks and merges them in key order.
+  const Inputs in = shared_inputs(307, 2, 1300);
+  OutputLayouts layouts;
+  layouts.want_weights = false;  // the split-KV plan writes no weights
+  OutputBuffers lone = in.make_outputs(layouts);
+  Options options = in.options();
+  options.threads = 2;
+  const ForwardResult expected = forward_result(in, options, lone, ForwardPlan::split_kv);
+  std::atomic<int> mismatches{0};
+  run_concurrently(kCallers, [&](int) {
+    OutputBuffers mine = in.make_outputs(layouts);
+    for (int n = 0; n < kRoundsPerCaller; ++n)
+      if (!same_result(forward_result(in, options, mine, ForwardPlan::split_kv), expected))
+        ++mismatches;
   });
   EXPECT_EQ(mismatches.load(), 0);
 }
