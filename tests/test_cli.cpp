@@ -661,13 +661,13 @@ TEST_F(Cli, FailedRunLeavesExistingOutputUnchanged) {
   EXPECT_EQ(read_text(path("out.npy")), "precious");
 }
 
-TEST_F(Cli, FailedWeightsWriteLeavesNoWeightsFile) {
+TEST_F(Cli, FailedWeightsWriteLeavesNoOutputAtAll) {
   write_qkv(random_qkv(1, 1, 1, 4, 4, 4, 4));
   const CliResult r = run(qkv_arguments() + " --weights '" + path("missing_dir/w.npy") + "'");
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_FALSE(fs::exists(path("missing_dir")));
-  for (const std::string& name : files_in_work())  // out.npy may exist; nothing half-written
-    EXPECT_TRUE(inputs_.count(name) || name == "out.npy") << name;
+  for (const std::string& name : files_in_work())  // all outputs or none: not even out.npy
+    EXPECT_TRUE(inputs_.count(name)) << name;
 }
 
 // ---- the command line itself ------------------------------------------------------------------
@@ -811,7 +811,7 @@ bool kill_during_write(const std::vector<std::string>& arguments, const fs::path
   const pid_t pid = spawn_cli(arguments);
   int status = 0;
   while (::waitpid(pid, &status, WNOHANG) == 0) {
-    if (has_file_starting_with(directory, "w.npy.tmp.")) {
+    if (has_file_starting_with(directory, "w.npy.")) {  // a temporary beside w.npy: writing
       std::this_thread::sleep_for(delay);
       const bool running = ::waitpid(pid, &status, WNOHANG) == 0;
       ::kill(pid, SIGKILL);

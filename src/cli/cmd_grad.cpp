@@ -18,7 +18,7 @@
 
 #include "cli/commands.hpp"
 #include "cli/common.hpp"
-#include "cli/grad_common.hpp"
+#include "cli/npy_args.hpp"
 #include "core/errors.hpp"
 #include "core/problem.hpp"
 #include "io/npy.hpp"
@@ -26,7 +26,7 @@
 namespace sdpa::cli {
 namespace {
 
-using namespace grad_io;
+using namespace npy_args;
 
 // ---- command-line values ----------------------------------------------------------------------
 

@@ -5,8 +5,8 @@
 // Flow: parse the flag values → read every input (q, k, v kept in bf16 / f16 when all three share
 // that dtype, otherwise converted to f32) → validate shapes → allocate
 // the outputs → forward (--repeat times, median time) → write the outputs → print a summary.
-// Outputs are written only after every computation succeeded, each atomically (npy::write), so a
-// failing run leaves no output file behind and an existing one untouched.
+// Outputs are written only after every computation succeeded, all or none (npy_args::
+// write_all_or_nothing), so a failing run leaves no output file behind and an existing one untouched.
 #include <charconv>
 #include <cstdint>
 #include <filesystem>
@@ -22,12 +22,15 @@
 
 #include "cli/commands.hpp"
 #include "cli/common.hpp"
+#include "cli/npy_args.hpp"
 #include "core/errors.hpp"
 #include "core/problem.hpp"
 #include "io/npy.hpp"
 
 namespace sdpa::cli {
 namespace {
+
+using namespace npy_args;
 
 // ---- command-line values ----------------------------------------------------------------------
 
@@ -49,36 +52,6 @@ struct RunArgs {
   std::string dtype = "auto";      // --dtype bf16: read '<u2' as bf16
   std::string out_dtype = "input";  // --out-dtype f32: out in f32 for bf16 / f16 inputs
 };
-
-// Parses one side of --window: an integer >= -1.
-std::int64_t parse_window_side(std::string_view text, const std::string& whole) {
-  std::int64_t value = 0;
-  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (text.empty() || error != std::errc() || end != text.data() + text.size() || value < -1)
-    fail("--window = '", whole, "': expected L,R with integers >= -1 (-1 = unbounded)");
-  return value;
-}
-
-Window parse_window(const std::string& text) {
-  const std::size_t comma = text.find(',');
-  if (comma == std::string::npos)
-    fail("--window = '", text, "': expected L,R with integers >= -1 (-1 = unbounded)");
-  const std::string_view view(text);
-  return Window{parse_window_side(view.substr(0, comma), text),
-                parse_window_side(view.substr(comma + 1), text)};
-}
-
-// Two outputs on one path would silently overwrite each other ("o.npy" and "./o.npy" included).
-void check_distinct_outputs(const RunArgs& args) {
-  const auto normal = [](const std::string& path) {
-    return std::filesystem::absolute(path).lexically_normal().string();
-  };
-  std::set<std::string> seen{normal(args.out)};
-  for (const std::string* path : {&args.lse, &args.weights, &args.entropy})
-    if (!path->empty() && !seen.insert(normal(*path)).second)
-      fail("output path '", *path,
-           "' is given twice (--out, --lse, --weights and --entropy must differ)");
-}
 
 // Everything in Options that does not need the input arrays.
 Options scalar_options(const RunArgs& args) {
@@ -103,72 +76,7 @@ struct Inputs {
   std::vector<std::int32_t> key_lengths, query_lengths;
 };
 
-void check_rank_at_most_4(const npy::Array& array, const char* flag, const std::string& path) {
-  if (array.shape.size() > 4)
-    fail(flag, " ", path, ": rank ", array.shape.size(), ": expected at most 4 ([B, H, L, D])");
-}
-
-// Reads a floating-point array (f32, f64, f16 or bf16) as stored.
-npy::Array read_float(const std::string& path, const char* flag,
-                      const npy::ReadOptions& read_options) {
-  npy::Array array = npy::read(path, read_options);
-  check_rank_at_most_4(array, flag, path);
-  switch (array.dtype) {
-    case DType::f32:
-    case DType::f64:
-    case DType::f16:
-    case DType::bf16:
-      return array;
-    default:
-      fail(flag, " ", path, ": dtype ", dtype_name(array.dtype),
-           ": expected a floating-point array (f32, f64, f16 or bf16)");
-  }
-}
-
-npy::Array as_f32(npy::Array array) {
-  if (array.dtype == DType::f32) return array;
-  return npy::from_f32(array.shape, npy::to_f32(array).data());
-}
-
-// Reads a floating-point array and converts it to f32.
-npy::Array read_f32(const std::string& path, const char* flag,
-                    const npy::ReadOptions& read_options) {
-  return as_f32(read_float(path, flag, read_options));
-}
-
 bool is_16bit(DType dtype) { return dtype == DType::bf16 || dtype == DType::f16; }
-
-npy::Array read_mask(const std::string& path) {
-  npy::Array array = npy::read(path);
-  check_rank_at_most_4(array, "--mask", path);
-  if (array.dtype != DType::boolean)
-    fail("--mask ", path, ": dtype ", dtype_name(array.dtype), ": expected bool (true = attend)");
-  return array;
-}
-
-template <typename Int>
-std::vector<std::int32_t> narrow_lengths(const npy::Array& array, const char* flag,
-                                         const std::string& path) {
-  std::vector<std::int32_t> lengths(static_cast<std::size_t>(array.numel()));
-  const auto* values = reinterpret_cast<const Int*>(array.data.data());
-  for (std::size_t b = 0; b < lengths.size(); ++b) {
-    if (values[b] < std::numeric_limits<std::int32_t>::min() ||
-        values[b] > std::numeric_limits<std::int32_t>::max())
-      fail(flag, " ", path, ": element ", b, " = ", values[b], ": does not fit in int32");
-    lengths[b] = static_cast<std::int32_t>(values[b]);
-  }
-  return lengths;
-}
-
-// Per-batch lengths: a 1-d integer array (i32 or i64), converted to int32.
-std::vector<std::int32_t> read_lengths(const std::string& path, const char* flag) {
-  const npy::Array array = npy::read(path);
-  if (array.shape.size() != 1)
-    fail(flag, " ", path, ": rank ", array.shape.size(), ": expected 1 ([B])");
-  if (array.dtype == DType::i32) return narrow_lengths<std::int32_t>(array, flag, path);
-  if (array.dtype == DType::i64) return narrow_lengths<std::int64_t>(array, flag, path);
-  fail(flag, " ", path, ": dtype ", dtype_name(array.dtype), ": expected i32 or i64");
-}
 
 Inputs read_inputs(const RunArgs& args) {
   npy::ReadOptions read_options;
@@ -202,42 +110,24 @@ void attach_inputs(Inputs& in, Options& options) {
 
 // ---- library errors in command-line terms -----------------------------------------------------
 
-// The library names its C++ arguments ("k.shape[3] ...", "options.mask.shape[0] ..."); a CLI user
-// knows flags and files, so the message is prefixed with the flag and path it refers to.
-std::string flag_context(const std::string& message, const RunArgs& args) {
-  struct Name {
-    std::string_view prefix;
-    const char* flag;
-    const std::string* path;
-  };
-  const Name names[] = {
-      {"options.key_lengths", "--key-lengths", &args.key_lengths},
-      {"options.query_lengths", "--query-lengths", &args.query_lengths},
-      {"options.mask", "--mask", &args.mask},
-      {"options.bias", "--bias", &args.bias},
-      {"options.sinks", "--sinks", &args.sinks},
-      {"options.softcap", "--softcap", nullptr},
-      {"options.scale", "--scale", nullptr},
-      {"options.window", "--window", nullptr},
-      {"options.threads", "--threads", nullptr},
-      {"options.isa", "--isa", nullptr},
-      {"q.", "--q", &args.q},
-      {"k.", "--k", &args.k},
-      {"v.", "--v", &args.v},
-  };
-  for (const Name& name : names)
-    if (std::string_view(message).starts_with(name.prefix))
-      return std::string(name.flag) + (name.path ? " " + *name.path : std::string()) + ": ";
-  return "";
-}
-
+// The library's argument names in command-line terms (see npy_args::with_flag_context): "--k
+// k.npy: k.shape[3] ..." rather than "k.shape[3] ...".
 template <typename Call>
-auto with_flag_context(const RunArgs& args, Call&& call) {
-  try {
-    return call();
-  } catch (const Error& e) {
-    throw Error(flag_context(e.what(), args) + e.what());
-  }
+auto in_flag_terms(const RunArgs& a, Call&& call) {
+  return with_flag_context({{"options.key_lengths", "--key-lengths", &a.key_lengths},
+                            {"options.query_lengths", "--query-lengths", &a.query_lengths},
+                            {"options.mask", "--mask", &a.mask},
+                            {"options.bias", "--bias", &a.bias},
+                            {"options.sinks", "--sinks", &a.sinks},
+                            {"options.softcap", "--softcap", nullptr},
+                            {"options.scale", "--scale", nullptr},
+                            {"options.window", "--window", nullptr},
+                            {"options.threads", "--threads", nullptr},
+                            {"options.isa", "--isa", nullptr},
+                            {"q.", "--q", &a.q},
+                            {"k.", "--k", &a.k},
+                            {"v.", "--v", &a.v}},
+                           std::forward<Call>(call));
 }
 
 // ---- outputs and the computation --------------------------------------------------------------
@@ -248,18 +138,6 @@ struct Results {
   std::optional<npy::Array> weights;  // f32 [B, Hq, Lq, Lk]
   std::optional<npy::Array> entropy;  // f32 [B, Hq, Lq]
 };
-
-npy::Array zeros(std::vector<std::int64_t> shape, DType dtype) {
-  npy::Array array;
-  array.dtype = dtype;
-  array.shape = std::move(shape);
-  array.data.resize(static_cast<std::size_t>(array.numel()) * dtype_size(dtype));
-  return array;
-}
-
-npy::Array zeros_f32(std::vector<std::int64_t> shape) {
-  return zeros(std::move(shape), DType::f32);
-}
 
 Results allocate_results(const Problem& p, const RunArgs& args) {
   std::vector<PlannedOutput> planned{{"--out " + args.out, {p.batch, p.heads_q, p.len_q, p.dim_v}}};
@@ -300,11 +178,13 @@ Timing run_forward(Inputs& in, const Options& options, Results& results, int rep
   return timing;
 }
 
+// All outputs or none: a failure writing one (a missing directory, a full disk) leaves none.
 void write_results(const Results& results, const RunArgs& args) {
-  npy::write(args.out, results.out);
-  if (results.lse) npy::write(args.lse, *results.lse);
-  if (results.weights) npy::write(args.weights, *results.weights);
-  if (results.entropy) npy::write(args.entropy, *results.entropy);
+  std::vector<std::pair<std::string, const npy::Array*>> outputs{{args.out, &results.out}};
+  if (results.lse) outputs.emplace_back(args.lse, &*results.lse);
+  if (results.weights) outputs.emplace_back(args.weights, &*results.weights);
+  if (results.entropy) outputs.emplace_back(args.entropy, &*results.entropy);
+  write_all_or_nothing(outputs);
 }
 
 // ---- the summary ------------------------------------------------------------------------------
@@ -383,15 +263,18 @@ void print_summary(const Problem& p, const RunArgs& args, const Timing& timing) 
 }
 
 void run(const RunArgs& args) {
-  Options options = with_flag_context(args, [&] { return scalar_options(args); });
-  check_distinct_outputs(args);
+  Options options = in_flag_terms(args, [&] { return scalar_options(args); });
+  check_distinct_outputs({{"--out", &args.out},
+                          {"--lse", &args.lse},
+                          {"--weights", &args.weights},
+                          {"--entropy", &args.entropy}});
   Inputs in = read_inputs(args);
   attach_inputs(in, options);
-  const Problem problem = with_flag_context(
+  const Problem problem = in_flag_terms(
       args, [&] { return validate_inputs(in.q.tensor(), in.k.tensor(), in.v.tensor(), options); });
   Results results = allocate_results(problem, args);
   const Timing timing =
-      with_flag_context(args, [&] { return run_forward(in, options, results, args.repeat); });
+      in_flag_terms(args, [&] { return run_forward(in, options, results, args.repeat); });
   write_results(results, args);
   print_summary(problem, args, timing);
 }

@@ -1,8 +1,7 @@
-// Helpers of `sdpa grad` for reading attention inputs from .npy files and writing several outputs
-// as one unit. They follow `sdpa run`'s rules (src/cli/cmd_run.cpp, whose copies of the readers are
-// private to it): float inputs of any supported dtype are converted to f32, masks must be bool,
-// lengths i32 or i64, every array at most rank 4; bad values are sdpa::Error (exit 2), file
-// problems npy::IoError (exit 1).
+// What `sdpa run` and `sdpa grad` share for their .npy files and flags: reading attention inputs
+// (floats of any supported dtype, converted to f32 where asked; masks must be bool, lengths i32 or
+// i64, every array at most rank 4), --window, library errors in flag terms, and writing several
+// outputs as one unit. Bad values are sdpa::Error (exit 2), file problems npy::IoError (exit 1).
 #pragma once
 
 #include <unistd.h>
@@ -22,7 +21,7 @@
 #include "io/npy.hpp"
 #include "sdpa/sdpa.hpp"
 
-namespace sdpa::cli::grad_io {
+namespace sdpa::cli::npy_args {
 
 // ---- flag values -----------------------------------------------------------------------------
 
@@ -196,4 +195,4 @@ inline void write_all_or_nothing(
   }
 }
 
-}  // namespace sdpa::cli::grad_io
+}  // namespace sdpa::cli::npy_args
