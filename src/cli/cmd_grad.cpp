@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cli/commands.hpp"
+#include "cli/attention_flags.hpp"
 #include "cli/common.hpp"
 #include "cli/npy_args.hpp"
 #include "core/errors.hpp"
@@ -30,36 +31,11 @@ using namespace npy_args;
 
 // ---- command-line values ----------------------------------------------------------------------
 
-struct GradArgs {
-  std::string q, k, v, dout;                           // required inputs
-  std::string out, lse;                                // the forward's outputs: both or neither
-  std::string mask, bias, key_lengths, query_lengths;  // optional inputs ("" = not given)
-  std::string sinks;                                   // optional [Hq] attention sinks
-  std::string dq, dk, dv, dbias, dsinks;               // outputs (dbias, dsinks optional)
-  std::string causal = "none";
-  std::string window;  // "L,R"
-  std::string isa = "auto";
-  double scale = 0;
-  CLI::Option* scale_option = nullptr;  // scale was given iff this option's count() > 0
-  double softcap = 0;                   // 0 = off
-  int threads = 0;
-  bool json = false;
-  bool u2_as_bf16 = false;
-  std::string dtype = "auto";       // --dtype bf16: read '<u2' as bf16
-  std::string out_dtype = "input";  // --out-dtype f32: gradients in f32 for bf16 / f16 inputs
+struct GradArgs : AttentionFlags {
+  std::string dout;                       // required input
+  std::string out, lse;                   // the forward's outputs: both or neither
+  std::string dq, dk, dv, dbias, dsinks;  // outputs (dbias, dsinks optional)
 };
-
-// Everything in Options that does not need the input arrays.
-Options scalar_options(const GradArgs& args) {
-  Options options;
-  options.causal = parse_causal(args.causal);
-  options.isa = parse_isa(args.isa);
-  options.threads = args.threads;
-  if (!args.window.empty()) options.window = parse_window(args.window);
-  if (args.scale_option->count() > 0) options.scale = static_cast<float>(args.scale);
-  options.softcap = static_cast<float>(args.softcap);
-  return options;
-}
 
 void check_paths(const GradArgs& args) {
   if (args.out.empty() != args.lse.empty())
@@ -80,24 +56,13 @@ void check_paths(const GradArgs& args) {
 // The library's argument names in command-line terms (see with_flag_context).
 template <typename Call>
 auto in_flag_terms(const GradArgs& a, Call&& call) {
-  return with_flag_context({{"options.key_lengths", "--key-lengths", &a.key_lengths},
-                            {"options.query_lengths", "--query-lengths", &a.query_lengths},
-                            {"options.mask", "--mask", &a.mask},
-                            {"options.bias", "--bias", &a.bias},
-                            {"options.sinks", "--sinks", &a.sinks},
-                            {"options.softcap", "--softcap", nullptr},
-                            {"options.scale", "--scale", nullptr},
-                            {"options.window", "--window", nullptr},
-                            {"options.threads", "--threads", nullptr},
-                            {"grads.dbias", "--dbias", &a.dbias},
-                            {"grads.dsinks", "--dsinks", &a.dsinks},
-                            {"q.", "--q", &a.q},
-                            {"k.", "--k", &a.k},
-                            {"v.", "--v", &a.v},
-                            {"dout.", "--dout", &a.dout},
-                            {"out.", "--out", &a.out},
-                            {"lse.", "--lse", &a.lse}},
-                           std::forward<Call>(call));
+  std::vector<FlagName> names = attention_flag_names(a);
+  names.insert(names.end(), {{"grads.dbias", "--dbias", &a.dbias},
+                             {"grads.dsinks", "--dsinks", &a.dsinks},
+                             {"dout.", "--dout", &a.dout},
+                             {"out.", "--out", &a.out},
+                             {"lse.", "--lse", &a.lse}});
+  return with_flag_context(names, std::forward<Call>(call));
 }
 
 // ---- inputs -----------------------------------------------------------------------------------
@@ -112,8 +77,7 @@ struct Inputs {
 };
 
 Inputs read_inputs(const GradArgs& args) {
-  npy::ReadOptions read_options;
-  read_options.u2_as_bf16 = args.u2_as_bf16 || args.dtype == "bf16";
+  const npy::ReadOptions read_options = cli::read_options(args);
   Inputs in;
   in.q = read_float(args.q, "--q", read_options);
   in.k = read_float(args.k, "--k", read_options);
@@ -220,30 +184,13 @@ void write_results(const Results& r, const GradArgs& args) {
 
 nlohmann::ordered_json summary_json(const Problem& p, const GradArgs& args, const Results& r) {
   using json = nlohmann::ordered_json;
-  auto path_or_null = [](const std::string& path) { return path.empty() ? json() : json(path); };
   json outputs = {{"dq", args.dq}, {"dk", args.dk}, {"dv", args.dv}};
   if (!args.dbias.empty()) outputs["dbias"] = args.dbias;
   if (!args.dsinks.empty()) outputs["dsinks"] = args.dsinks;
   return json{
       {"command", "grad"},
-      {"shapes",
-       {{"B", p.batch},
-        {"Hq", p.heads_q},
-        {"Hkv", p.heads_kv},
-        {"Lq", p.len_q},
-        {"Lk", p.len_k},
-        {"Dk", p.dim_k},
-        {"Dv", p.dim_v}}},
-      {"options",
-       {{"causal", causal_name(p.causal)},
-        {"scale", p.scale},
-        {"window", args.window.empty() ? json() : json{p.window_left, p.window_right}},
-        {"mask", path_or_null(args.mask)},
-        {"bias", path_or_null(args.bias)},
-        {"key_lengths", path_or_null(args.key_lengths)},
-        {"query_lengths", path_or_null(args.query_lengths)},
-        {"softcap", p.softcap},
-        {"sinks", path_or_null(args.sinks)}}},
+      {"shapes", shapes_json(p)},
+      {"options", options_json(p, args)},
       {"forward", args.out.empty() ? json("computed") : json("given")},
       {"isa", isa_name(r.info.isa)},
       {"threads", r.info.threads},
@@ -302,9 +249,7 @@ void run(const GradArgs& args) {
 }
 
 void add_options(CLI::App& cmd, GradArgs& a) {
-  cmd.add_option("--q", a.q, "queries .npy [B, Hq, Lq, Dk] (f32, f64, f16, bf16)")->required();
-  cmd.add_option("--k", a.k, "keys .npy [B, Hkv, Lk, Dk]")->required();
-  cmd.add_option("--v", a.v, "values .npy [B, Hkv, Lk, Dv]")->required();
+  add_qkv_flags(cmd, a);
   cmd.add_option("--dout", a.dout, "dL/d(out) .npy [B, Hq, Lq, Dv]")->required();
   cmd.add_option("--out", a.out,
                  "the forward's out .npy [B, Hq, Lq, Dv] (with --lse; else computed)");
@@ -315,31 +260,7 @@ void add_options(CLI::App& cmd, GradArgs& a) {
   cmd.add_option("--dv", a.dv, "output dL/dv .npy [B, Hkv, Lk, Dv]")->required();
   cmd.add_option("--dbias", a.dbias, "output dL/d(bias) .npy, f32, the shape of --bias");
   cmd.add_option("--dsinks", a.dsinks, "output dL/d(sinks) .npy, f32 [Hq] (with --sinks)");
-  cmd.add_option("--causal", a.causal, "causal alignment")
-      ->check(CLI::IsMember(causal_choices))
-      ->capture_default_str();
-  cmd.add_option("--mask", a.mask, "bool .npy, true = attend; broadcast to [B, Hq, Lq, Lk]");
-  cmd.add_option("--bias", a.bias, "float .npy added to the scaled logits; same broadcast");
-  cmd.add_option("--key-lengths", a.key_lengths, "i32/i64 .npy [B]: keys >= length are padding");
-  cmd.add_option("--query-lengths", a.query_lengths,
-                 "i32/i64 .npy [B]: rows >= length are padding");
-  cmd.add_option("--window", a.window, "sliding window L,R around the diagonal (-1 = unbounded)");
-  a.scale_option = cmd.add_option("--scale", a.scale, "logit scale (default 1/sqrt(Dk))");
-  cmd.add_option("--softcap", a.softcap,
-                 "logit softcap C: scores C*tanh(scale*q.k/C) before bias and masks (0 = off)");
-  cmd.add_option("--sinks", a.sinks,
-                 "float .npy [Hq]: per-head attention sink logits (-inf = none for that head)");
-  cmd.add_option("--threads", a.threads, "threads (0 = all)")->capture_default_str();
-  cmd.add_option("--isa", a.isa, "kernel instruction set")
-      ->check(CLI::IsMember(isa_choices))
-      ->capture_default_str();
-  cmd.add_flag("--json", a.json, "print one JSON object instead of the text summary");
-  cmd.add_flag("--u2-as-bf16", a.u2_as_bf16, "read '<u2' arrays as bfloat16 bit patterns");
-  cmd.add_option("--dtype", a.dtype,
-                 "bf16: read '<u2' arrays as bfloat16 bit patterns (same as --u2-as-bf16); "
-                 "q, k, v, dout of one 16-bit dtype run in it, any other mix in f32")
-      ->check(CLI::IsMember({"auto", "bf16"}))
-      ->capture_default_str();
+  add_option_flags(cmd, a, "q, k, v, dout");
   cmd.add_option("--out-dtype", a.out_dtype, "input: dq, dk, dv in the dtype of q, k, v; f32")
       ->check(CLI::IsMember({"input", "f32"}))
       ->capture_default_str();

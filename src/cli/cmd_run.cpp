@@ -7,20 +7,16 @@
 // the outputs → forward (--repeat times, median time) → write the outputs → print a summary.
 // Outputs are written only after every computation succeeded, all or none (npy_args::
 // write_all_or_nothing), so a failing run leaves no output file behind and an existing one untouched.
-#include <charconv>
 #include <cstdint>
-#include <filesystem>
 #include <iostream>
-#include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <set>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "cli/commands.hpp"
+#include "cli/attention_flags.hpp"
 #include "cli/common.hpp"
 #include "cli/npy_args.hpp"
 #include "core/errors.hpp"
@@ -34,36 +30,11 @@ using namespace npy_args;
 
 // ---- command-line values ----------------------------------------------------------------------
 
-struct RunArgs {
-  std::string q, k, v, out;                            // required paths
-  std::string mask, bias, key_lengths, query_lengths;  // optional input paths ("" = not given)
-  std::string sinks;                                   // optional [Hq] attention sinks
-  std::string lse, weights, entropy;                   // optional output paths
-  std::string causal = "none";
-  std::string window;  // "L,R"
-  std::string isa = "auto";
-  double scale = 0;
-  CLI::Option* scale_option = nullptr;  // scale was given iff this option's count() > 0
-  double softcap = 0;                   // 0 = off
-  int threads = 0;
+struct RunArgs : AttentionFlags {
+  std::string out;                    // required output path
+  std::string lse, weights, entropy;  // optional output paths ("" = not given)
   int repeat = 1;
-  bool json = false;
-  bool u2_as_bf16 = false;
-  std::string dtype = "auto";      // --dtype bf16: read '<u2' as bf16
-  std::string out_dtype = "input";  // --out-dtype f32: out in f32 for bf16 / f16 inputs
 };
-
-// Everything in Options that does not need the input arrays.
-Options scalar_options(const RunArgs& args) {
-  Options options;
-  options.causal = parse_causal(args.causal);
-  options.isa = parse_isa(args.isa);
-  options.threads = args.threads;
-  if (!args.window.empty()) options.window = parse_window(args.window);
-  if (args.scale_option->count() > 0) options.scale = static_cast<float>(args.scale);
-  options.softcap = static_cast<float>(args.softcap);
-  return options;
-}
 
 // ---- inputs -----------------------------------------------------------------------------------
 
@@ -79,8 +50,7 @@ struct Inputs {
 bool is_16bit(DType dtype) { return dtype == DType::bf16 || dtype == DType::f16; }
 
 Inputs read_inputs(const RunArgs& args) {
-  npy::ReadOptions read_options;
-  read_options.u2_as_bf16 = args.u2_as_bf16 || args.dtype == "bf16";
+  const npy::ReadOptions read_options = cli::read_options(args);
   Inputs in;
   in.q = read_float(args.q, "--q", read_options);
   in.k = read_float(args.k, "--k", read_options);
@@ -110,24 +80,11 @@ void attach_inputs(Inputs& in, Options& options) {
 
 // ---- library errors in command-line terms -----------------------------------------------------
 
-// The library's argument names in command-line terms (see npy_args::with_flag_context): "--k
-// k.npy: k.shape[3] ..." rather than "k.shape[3] ...".
+// The library's argument names in command-line terms: "--k k.npy: k.shape[3] ..." rather than
+// "k.shape[3] ..." (npy_args::with_flag_context).
 template <typename Call>
 auto in_flag_terms(const RunArgs& a, Call&& call) {
-  return with_flag_context({{"options.key_lengths", "--key-lengths", &a.key_lengths},
-                            {"options.query_lengths", "--query-lengths", &a.query_lengths},
-                            {"options.mask", "--mask", &a.mask},
-                            {"options.bias", "--bias", &a.bias},
-                            {"options.sinks", "--sinks", &a.sinks},
-                            {"options.softcap", "--softcap", nullptr},
-                            {"options.scale", "--scale", nullptr},
-                            {"options.window", "--window", nullptr},
-                            {"options.threads", "--threads", nullptr},
-                            {"options.isa", "--isa", nullptr},
-                            {"q.", "--q", &a.q},
-                            {"k.", "--k", &a.k},
-                            {"v.", "--v", &a.v}},
-                           std::forward<Call>(call));
+  return with_flag_context(attention_flag_names(a), std::forward<Call>(call));
 }
 
 // ---- outputs and the computation --------------------------------------------------------------
@@ -192,7 +149,6 @@ void write_results(const Results& results, const RunArgs& args) {
 // ordered_json keeps the keys in the order written here, for the text summary and for readers.
 nlohmann::ordered_json summary_json(const Problem& p, const RunArgs& args, const Timing& timing) {
   using json = nlohmann::ordered_json;
-  auto path_or_null = [](const std::string& path) { return path.empty() ? json() : json(path); };
   const double ms = median(timing.times_ms);
   json outputs = {{"out", args.out}};
   if (!args.lse.empty()) outputs["lse"] = args.lse;
@@ -200,24 +156,8 @@ nlohmann::ordered_json summary_json(const Problem& p, const RunArgs& args, const
   if (!args.entropy.empty()) outputs["entropy"] = args.entropy;
   return json{
       {"command", "run"},
-      {"shapes",
-       {{"B", p.batch},
-        {"Hq", p.heads_q},
-        {"Hkv", p.heads_kv},
-        {"Lq", p.len_q},
-        {"Lk", p.len_k},
-        {"Dk", p.dim_k},
-        {"Dv", p.dim_v}}},
-      {"options",
-       {{"causal", causal_name(p.causal)},
-        {"scale", p.scale},
-        {"window", args.window.empty() ? json() : json{p.window_left, p.window_right}},
-        {"mask", path_or_null(args.mask)},
-        {"bias", path_or_null(args.bias)},
-        {"key_lengths", path_or_null(args.key_lengths)},
-        {"query_lengths", path_or_null(args.query_lengths)},
-        {"softcap", p.softcap},
-        {"sinks", path_or_null(args.sinks)}}},
+      {"shapes", shapes_json(p)},
+      {"options", options_json(p, args)},
       {"dtype", dtype_name(p.dtype)},
       {"out_dtype", dtype_name(args.out_dtype == "f32" ? DType::f32 : p.dtype)},
       {"isa", isa_name(timing.info.isa)},
@@ -280,43 +220,17 @@ void run(const RunArgs& args) {
 }
 
 void add_options(CLI::App& cmd, RunArgs& a) {
-  cmd.add_option("--q", a.q, "queries .npy [B, Hq, Lq, Dk] (f32, f64, f16, bf16)")->required();
-  cmd.add_option("--k", a.k, "keys .npy [B, Hkv, Lk, Dk]")->required();
-  cmd.add_option("--v", a.v, "values .npy [B, Hkv, Lk, Dv]")->required();
+  add_qkv_flags(cmd, a);
   cmd.add_option("--out", a.out,
                  "output .npy [B, Hq, Lq, Dv]: f32, or bf16 / f16 like q, k, v (see --out-dtype)")
       ->required();
-  cmd.add_option("--causal", a.causal, "causal alignment")
-      ->check(CLI::IsMember(causal_choices))
-      ->capture_default_str();
-  cmd.add_option("--mask", a.mask, "bool .npy, true = attend; broadcast to [B, Hq, Lq, Lk]");
-  cmd.add_option("--bias", a.bias, "float .npy added to the scaled logits; same broadcast");
-  cmd.add_option("--key-lengths", a.key_lengths, "i32/i64 .npy [B]: keys >= length are padding");
-  cmd.add_option("--query-lengths", a.query_lengths,
-                 "i32/i64 .npy [B]: rows >= length are padding");
-  cmd.add_option("--window", a.window, "sliding window L,R around the diagonal (-1 = unbounded)");
-  a.scale_option = cmd.add_option("--scale", a.scale, "logit scale (default 1/sqrt(Dk))");
-  cmd.add_option("--softcap", a.softcap,
-                 "logit softcap C: scores C*tanh(scale*q.k/C) before bias and masks (0 = off)");
-  cmd.add_option("--sinks", a.sinks,
-                 "float .npy [Hq]: per-head attention sink logits (-inf = none for that head)");
+  add_option_flags(cmd, a, "q, k, v");
   cmd.add_option("--lse", a.lse, "also write the log-sum-exp per row, f32 [B, Hq, Lq]");
   cmd.add_option("--weights", a.weights, "also write the softmax weights, f32 [B, Hq, Lq, Lk]");
   cmd.add_option("--entropy", a.entropy,
                  "also write each row's attention entropy (nats), f32 [B, Hq, Lq]");
-  cmd.add_option("--threads", a.threads, "threads (0 = all)")->capture_default_str();
   cmd.add_option("--repeat", a.repeat, "run N times, report the median time")
       ->check(CLI::Range(1, 1 << 20))
-      ->capture_default_str();
-  cmd.add_option("--isa", a.isa, "kernel instruction set")
-      ->check(CLI::IsMember(isa_choices))
-      ->capture_default_str();
-  cmd.add_flag("--json", a.json, "print one JSON object instead of the text summary");
-  cmd.add_flag("--u2-as-bf16", a.u2_as_bf16, "read '<u2' arrays as bfloat16 bit patterns");
-  cmd.add_option("--dtype", a.dtype,
-                 "bf16: read '<u2' arrays as bfloat16 bit patterns (same as --u2-as-bf16); "
-                 "q, k, v of one 16-bit dtype run in it, any other mix in f32")
-      ->check(CLI::IsMember({"auto", "bf16"}))
       ->capture_default_str();
   cmd.add_option("--out-dtype", a.out_dtype,
                  "input: out in the dtype of q, k, v (bf16 '<u2' / f16 '<f2' for 16-bit "

@@ -140,7 +140,7 @@ struct FlagName {
 /// Runs `call`; an sdpa::Error is rethrown with the flag and file it refers to in front ("--k
 /// k.npy: k.shape[3] ..."), since a command-line user knows flags and files, not C++ arguments.
 template <typename Call>
-auto with_flag_context(std::initializer_list<FlagName> names, Call&& call) {
+auto with_flag_context(const std::vector<FlagName>& names, Call&& call) {
   try {
     return call();
   } catch (const Error& e) {
