@@ -4,6 +4,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -125,6 +126,23 @@ inline nlohmann::ordered_json options_json(const Problem& p, const AttentionFlag
           {"query_lengths", path_or_null(a.query_lengths)},
           {"softcap", p.softcap},
           {"sinks", path_or_null(a.sinks)}};
+}
+
+/// The text summary's first lines, from the JSON summary: "sdpa <command>", its shapes, its
+/// options (the inputs given by file named with their paths), its ISA and threads.
+inline void print_call_lines(const char* command, const nlohmann::ordered_json& s) {
+  const auto& sh = s["shapes"];
+  const auto& opt = s["options"];
+  std::cout << "sdpa " << command << "\n"
+            << "  shapes   B=" << sh["B"] << " Hq=" << sh["Hq"] << " Hkv=" << sh["Hkv"]
+            << " Lq=" << sh["Lq"] << " Lk=" << sh["Lk"] << " Dk=" << sh["Dk"] << " Dv=" << sh["Dv"]
+            << "\n  options  causal=" << opt["causal"].get<std::string>()
+            << " scale=" << opt["scale"]
+            << " window=" << (opt["window"].is_null() ? "none" : opt["window"].dump());
+  if (opt["softcap"].get<double>() != 0) std::cout << " softcap=" << opt["softcap"];
+  for (const char* input : {"mask", "bias", "key_lengths", "query_lengths", "sinks"})
+    if (!opt[input].is_null()) std::cout << " " << input << "=" << opt[input].get<std::string>();
+  std::cout << "\n  isa      " << s["isa"].get<std::string>() << ", threads " << s["threads"];
 }
 
 }  // namespace sdpa::cli

@@ -205,18 +205,7 @@ nlohmann::ordered_json summary_json(const Problem& p, const GradArgs& args, cons
 }
 
 void print_human(const nlohmann::ordered_json& s) {
-  const auto& sh = s["shapes"];
-  const auto& opt = s["options"];
-  std::cout << "sdpa grad\n"
-            << "  shapes   B=" << sh["B"] << " Hq=" << sh["Hq"] << " Hkv=" << sh["Hkv"]
-            << " Lq=" << sh["Lq"] << " Lk=" << sh["Lk"] << " Dk=" << sh["Dk"] << " Dv=" << sh["Dv"]
-            << "\n  options  causal=" << opt["causal"].get<std::string>()
-            << " scale=" << opt["scale"]
-            << " window=" << (opt["window"].is_null() ? "none" : opt["window"].dump());
-  if (opt["softcap"].get<double>() != 0) std::cout << " softcap=" << opt["softcap"];
-  for (const char* input : {"mask", "bias", "key_lengths", "query_lengths", "sinks"})
-    if (!opt[input].is_null()) std::cout << " " << input << "=" << opt[input].get<std::string>();
-  std::cout << "\n  isa      " << s["isa"].get<std::string>() << ", threads " << s["threads"];
+  print_call_lines("grad", s);
   if (s["forward_ms"].is_null())
     std::cout << "\n  forward  given (--out, --lse)";
   else

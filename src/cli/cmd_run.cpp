@@ -173,19 +173,8 @@ nlohmann::ordered_json summary_json(const Problem& p, const RunArgs& args, const
 }
 
 void print_human(const nlohmann::ordered_json& s) {
-  const auto& sh = s["shapes"];
-  const auto& opt = s["options"];
-  std::cout << "sdpa run\n"
-            << "  shapes   B=" << sh["B"] << " Hq=" << sh["Hq"] << " Hkv=" << sh["Hkv"]
-            << " Lq=" << sh["Lq"] << " Lk=" << sh["Lk"] << " Dk=" << sh["Dk"] << " Dv=" << sh["Dv"]
-            << "\n  options  causal=" << opt["causal"].get<std::string>()
-            << " scale=" << opt["scale"]
-            << " window=" << (opt["window"].is_null() ? "none" : opt["window"].dump());
-  if (opt["softcap"].get<double>() != 0) std::cout << " softcap=" << opt["softcap"];
-  for (const char* input : {"mask", "bias", "key_lengths", "query_lengths", "sinks"})
-    if (!opt[input].is_null()) std::cout << " " << input << "=" << opt[input].get<std::string>();
-  std::cout << "\n  isa      " << s["isa"].get<std::string>() << ", threads " << s["threads"]
-            << "\n  time     " << s["time_ms"].get<double>() << " ms (median of " << s["repeat"]
+  print_call_lines("run", s);
+  std::cout << "\n  time     " << s["time_ms"].get<double>() << " ms (median of " << s["repeat"]
             << ")\n  speed    " << s["gflops"].get<double>() << " GFLOP/s ("
             << s["flops"].get<double>() / 1e9 << " GFLOP)\n  outputs ";
   for (const auto& [name, path] : s["outputs"].items())
