@@ -114,3 +114,34 @@ def test_sinks_of_wrong_shape_dtype_or_value_are_rejected():
     with pytest.raises(ValueError, match=r"options.sinks\[1\] = nan"):
         sdpa.scaled_dot_product_attention(q, k, v, enable_gqa=True,
                                           sinks=np.array([0, np.nan, 0, 0], np.float32))
+
+
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+def test_16bit_inputs_with_softcap_and_sinks(dtype_name):
+    """float16 / bfloat16 inputs: forward close to the float64 reference on the same values (float16
+    exactly the float32 computation on them), gradients (dsinks included) those of float32 inputs
+    holding the same values."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    dtype = np.dtype(np.float16) if dtype_name == "float16" else np.dtype(ml_dtypes.bfloat16)
+    q, k, v, dout = inputs(4, lq=40)
+    q, k, v, dout = (a.astype(dtype) for a in (q, k, v, dout))
+    wide = [a.astype(np.float32) for a in (q, k, v, dout)]
+    kwargs = resolved("both_causal_bottom_right", q, 40)
+    out = np.empty((2, 4, 40, 16), dtype=np.float32)
+    _, lse = sdpa.scaled_dot_product_attention(q, k, v, out=out, return_lse=True, **kwargs)
+    ref = reference.forward(*(a.astype(np.float64) for a in wide[:3]), options_of(kwargs, q, 40, 30))
+    # As test_low_precision: bfloat16's P rounding (2^-9 relative) is the only error beyond fp32.
+    np.testing.assert_allclose(out, ref[0], atol=2e-2)
+    np.testing.assert_allclose(lse, ref[1], atol=1e-3)
+    out32, lse32 = sdpa.scaled_dot_product_attention(*wide[:3], return_lse=True, **kwargs)
+    if dtype_name == "float16":
+        np.testing.assert_array_equal(out, out32)
+        np.testing.assert_array_equal(lse, lse32)
+    grads = sdpa.attention_backward(dout, q, k, v, threads=1, **kwargs)
+    grads32 = sdpa.attention_backward(wide[3], *wide[:3], threads=1, **kwargs)
+    assert len(grads) == 4 and grads[3].dtype == np.float32
+    for g, g32 in zip(grads[:3], grads32[:3]):
+        assert g.dtype == dtype
+        np.testing.assert_array_equal(g.view(np.uint16), g32.astype(dtype).view(np.uint16))
+    np.testing.assert_array_equal(grads[3], grads32[3])
+    assert grads[3][0] != 0 and grads[3][2] == 0
