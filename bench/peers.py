@@ -228,9 +228,6 @@ PEERS: Dict[str, Callable] = {
 # ---- timing -----------------------------------------------------------------------------------------
 
 
-SETTLE_S = 0.05  # seconds of idle before every timed call
-
-
 def interleaved_medians(calls: Dict[str, Call], budget_s: float, min_reps: int,
                         max_reps: int) -> Dict[str, float]:
     """Median seconds of each call, timed round-robin (order rotated every round)."""
@@ -245,9 +242,6 @@ def interleaved_medians(calls: Dict[str, Call], budget_s: float, min_reps: int,
     for round_index in range(reps):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            # A pause first: the previous call's worker threads (OpenMP, TBB, Eigen pools) may
-            # still be spinning for work and would take the cores from this call.
-            time.sleep(SETTLE_S)
             start = time.perf_counter()
             calls[name]()
             times[name].append(time.perf_counter() - start)
