@@ -665,6 +665,9 @@ TEST_F(Cli, FailedWeightsWriteLeavesNoOutputAtAll) {
   write_qkv(random_qkv(1, 1, 1, 4, 4, 4, 4));
   const CliResult r = run(qkv_arguments() + " --weights '" + path("missing_dir/w.npy") + "'");
   EXPECT_EQ(r.exit_code, 1) << r.err;
+  // The message names the output and its missing directory, not a temporary file's name.
+  EXPECT_NE(r.err.find("w.npy: cannot write: directory"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("sdpa-partial"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(path("missing_dir")));
   for (const std::string& name : files_in_work())  // all outputs or none: not even out.npy
     EXPECT_TRUE(inputs_.count(name)) << name;

@@ -174,6 +174,15 @@ inline npy::Array zeros_f32(std::vector<std::int64_t> shape) {
 /// within one directory, could leave a subset; the renames come last and do not copy data.)
 inline void write_all_or_nothing(
     const std::vector<std::pair<std::string, const npy::Array*>>& outputs) {
+  // A missing directory is named as such before anything is written (rather than through the
+  // name of a temporary file that could not be created in it).
+  for (const auto& [path, array] : outputs) {
+    const std::filesystem::path directory = std::filesystem::absolute(path).parent_path();
+    std::error_code error;
+    if (!std::filesystem::is_directory(directory, error))
+      throw npy::IoError(path + ": cannot write: directory " + directory.string() +
+                         " does not exist");
+  }
   std::vector<std::string> written;  // temporary paths
   const std::string suffix = ".sdpa-partial-" + std::to_string(::getpid());
   try {
