@@ -22,6 +22,7 @@
 #include "core/half.hpp"
 #include "core/mask.hpp"
 #include "core/problem.hpp"
+#include "core/pinning.hpp"
 #include "core/workspace.hpp"
 #include "kernels/flash_backward.hpp"
 
@@ -506,8 +507,10 @@ double run_backward(const BackwardProblem& bp, const BackwardPlan& plan) {
   double dscale = 0.0;
   const std::int64_t row_blocks = ceil_div(p.len_q, plan.rows);
 
+  const CpuPlan cpus(plan.threads);  // one CPU per thread when the team takes them all
 #pragma omp parallel num_threads(plan.threads)
   {
+    const ThreadPin pin(cpus, omp_get_thread_num());
     float* my_scratch = scratch.floats() + plan.scratch_floats * static_cast<std::size_t>(omp_get_thread_num());
     for (std::int64_t round = 0; round < plan.groups; round += plan.groups_per_round) {
       const std::int64_t round_end = std::min(plan.groups, round + plan.groups_per_round);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/mask.hpp"
+#include "core/pinning.hpp"
 #include "core/workspace.hpp"
 #include "kernels/decode.hpp"
 
@@ -263,8 +264,10 @@ DecodeRun run_split_kv(const Problem& p, const DecodeSource& source) {
   const std::int64_t lanes = plan.kernel->lanes;
   const std::int64_t c = kDecodeChunkKeys;
 
+  const CpuPlan cpus(plan.threads);  // one CPU per thread when the team takes them all
 #pragma omp parallel num_threads(plan.threads)
   {
+    const ThreadPin pin(cpus, omp_get_thread_num());
     float* q =
         scratch.floats() + plan.scratch_floats * static_cast<std::size_t>(omp_get_thread_num());
     float* scores = q + plan.rows_pad * plan.dim_k_pad;

@@ -16,6 +16,7 @@
 #include "core/isa.hpp"
 #include "core/mask.hpp"
 #include "core/problem.hpp"
+#include "core/pinning.hpp"
 #include "core/workspace.hpp"
 #include "kernels/flash_forward.hpp"
 
@@ -352,8 +353,10 @@ void run_forward(const Problem& p, const Plan& plan) {
   const std::int64_t pack_tasks = (plan.len_k_padded + pack_step - 1) / pack_step;
   std::vector<WorkItem> items;
 
+  const CpuPlan cpus(plan.threads);  // one CPU per thread when the team takes them all
 #pragma omp parallel num_threads(plan.threads)
   {
+    const ThreadPin pin(cpus, omp_get_thread_num());
     float* my_scratch = scratch.floats() + plan.scratch_floats * static_cast<std::size_t>(omp_get_thread_num());
     for (std::int64_t chunk = 0; chunk < plan.groups; chunk += plan.groups_per_chunk) {
       const std::int64_t chunk_end = std::min(plan.groups, chunk + plan.groups_per_chunk);
