@@ -67,26 +67,6 @@ float* probabilities_and_dlogits(const BackwardTile& t, const BackwardScratch& s
     }
     const std::int64_t lo = tr.panel_lo[r / kMicroRows], hi = tr.panel_hi[r / kMicroRows];
     const V delta = Simd::set1(t.delta[t.i0 + r]);
-    if (!capped && t.bias == nullptr && t.mask == nullptr && t.key_begin[r] <= t.t0 + lo &&
-        t.key_end[r] >= t.t0 + hi) {
-      // The row sees every key of its group's panels (and none elsewhere in the tile: the panels
-      // hold every key the group sees): logits, P and dS in one pass, with the operations of
-      // logits_row and exp_row in the same order, so the same bits.
-      const V vscale = Simd::set1(t.scale), vlse = Simd::set1(lse), log2e = Simd::set1(kLog2e);
-      V row_dscale = Simd::zero();
-      for (std::int64_t c = lo; c < hi; c += kLanes) {
-        const V s = Simd::load(raw + c);
-        const V pv = Simd::exp2(Simd::mul(Simd::sub(Simd::mul(s, vscale), vlse), log2e));
-        const V dsv = Simd::mul(pv, Simd::sub(Simd::load(ds + c), delta));
-        Simd::store(p + c, pv);
-        Simd::store(ds + c, dsv);
-        if (dscale != nullptr) row_dscale = Simd::fma(dsv, s, row_dscale);
-      }
-      for (std::int64_t c = 0; c < lo; ++c) p[c] = ds[c] = 0.0f;
-      for (std::int64_t c = hi; c < t.n_keys; ++c) p[c] = ds[c] = 0.0f;
-      if (dscale != nullptr) *dscale += static_cast<double>(Simd::reduce_add(row_dscale));
-      continue;
-    }
     const float* bias = t.bias ? t.bias + r * t.bias_row_stride : nullptr;
     const std::uint8_t* mask = t.mask ? t.mask + r * t.mask_row_stride : nullptr;
     if (capped) {
