@@ -90,6 +90,14 @@ void check_data(const Tensor& t, const char* name) {
   if (t.data == nullptr && t.numel() > 0) fail(name, ".data: expected a non-null pointer, got null");
 }
 
+// A per-query-head f32 vector [Hq] (the attention sinks and their gradient).
+void check_head_vector(const Tensor& t, const char* name, std::int64_t heads_q) {
+  check_dtype(t, name, DType::f32);
+  if (t.rank != 1) fail(name, ".rank: expected 1 ([Hq]), got ", t.rank);
+  if (t.shape[0] != heads_q)
+    fail(name, ".shape[0] = ", t.shape[0], " does not match q.shape[1] (Hq) = ", heads_q);
+}
+
 void check_shape_nonnegative(const Tensor& t, const char* name) {
   for (int d = 0; d < t.rank; ++d)
     if (t.shape[d] < 0) fail(name, ".shape[", d, "] = ", t.shape[d], ": expected >= 0");
@@ -249,10 +257,7 @@ Problem validate_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const
   p.softcap = options.softcap;
   if (options.sinks) {
     const Tensor& s = *options.sinks;
-    check_dtype(s, "options.sinks", DType::f32);
-    if (s.rank != 1) fail("options.sinks.rank: expected 1 ([Hq]), got ", s.rank);
-    if (s.shape[0] != p.heads_q)
-      fail("options.sinks.shape[0] = ", s.shape[0], " does not match q.shape[1] (Hq) = ", p.heads_q);
+    check_head_vector(s, "options.sinks", p.heads_q);
     check_data(s, "options.sinks");
     p.sinks = static_cast<const float*>(s.data);
     p.sinks_stride = s.stride[0];
@@ -387,10 +392,7 @@ BackwardProblem validate_backward(const Tensor& q, const Tensor& k, const Tensor
   if (grads.dsinks) {
     if (!options.sinks) fail("grads.dsinks: given, but options.sinks is not (nothing to differentiate)");
     const Tensor& ds = *grads.dsinks;
-    check_dtype(ds, "grads.dsinks", DType::f32);
-    if (ds.rank != 1) fail("grads.dsinks.rank: expected 1 ([Hq]), got ", ds.rank);
-    if (ds.shape[0] != p.heads_q)
-      fail("grads.dsinks.shape[0] = ", ds.shape[0], " does not match q.shape[1] (Hq) = ", p.heads_q);
+    check_head_vector(ds, "grads.dsinks", p.heads_q);
     check_writable(ds, "grads.dsinks");
     check_data(ds, "grads.dsinks");
     bp.dsinks = static_cast<float*>(ds.data);
