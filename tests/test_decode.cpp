@@ -230,5 +230,46 @@ TEST(Decode, NanQueryRowGivesANanRowNotAnEmptyOne) {
   }
 }
 
+// fuzz_forward's finding (CI, 2026-11-23): a key the row may see whose logit is −inf (here q·k
+// overflows to −inf) drops out exactly like a masked key, so a NaN in its value does not reach the
+// row — in the split-KV kernel and now in the fp64 / fp32 references too, which multiplied its
+// weight 0 by the NaN. With a sink the row keeps a finite lse, which is how the fuzzer met it.
+TEST(Decode, KeyWithMinusInfLogitDropsOutLikeAMaskedKey) {
+  Rng rng(23);
+  Inputs in = random_inputs(rng, 1, 2, 1, 1, 30, 8, 8);
+  for (std::int64_t h = 0; h < 2; ++h) in.q.at({0, h, 0, 0}) = 1.0f;
+  in.k.at({0, 0, 5, 0}) = -std::numeric_limits<float>::infinity();
+  for (std::int64_t d = 0; d < 8; ++d) in.v.at({0, 0, 5, d}) = std::numeric_limits<float>::quiet_NaN();
+  in.sinks.emplace(DType::f32, std::vector<std::int64_t>{2});
+  in.sinks->storage = {1.5f, -0.5f};
+  OutputLayouts layouts;
+  layouts.want_weights = false;
+  OutputBuffers buffers = in.make_outputs(layouts);
+  const References refs = in.references(buffers);
+  for (std::size_t n = 0; n < refs.ref64.out.size(); ++n) {
+    ASSERT_TRUE(std::isfinite(refs.ref64.out[n])) << "fp64 reference, element " << n;
+    ASSERT_TRUE(std::isfinite(refs.naive32.out[n])) << "fp32 reference, element " << n;
+  }
+  for (Isa isa : supported_isas()) {
+    in.mask.reset();
+    Options o = in.options();
+    o.isa = isa;
+    forward_with_plan(in.q.tensor, in.k.tensor, in.v.tensor, o, buffers.outputs(),
+                      ForwardPlan::split_kv);
+    EXPECT_TRUE(check_outputs(refs, buffers, 30, 8)) << isa_name(isa);
+    in.mask.emplace(DType::boolean, std::vector<std::int64_t>{1, 1, 1, 30});  // key 5 masked
+    in.mask->fill([](const Index& x) { return static_cast<std::uint8_t>(x[3] != 5); });
+    OutputBuffers masked = in.make_outputs(layouts);
+    Options om = in.options();
+    om.isa = isa;
+    forward_with_plan(in.q.tensor, in.k.tensor, in.v.tensor, om, masked.outputs(),
+                      ForwardPlan::split_kv);
+    for (std::int64_t h = 0; h < 2; ++h)
+      for (std::int64_t d = 0; d < 8; ++d)
+        EXPECT_EQ(buffers.out.at({0, h, 0, d}), masked.out.at({0, h, 0, d}))
+            << "head " << h << ", column " << d << ", " << isa_name(isa);
+  }
+}
+
 }  // namespace
 }  // namespace sdpa::test

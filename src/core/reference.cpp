@@ -53,7 +53,10 @@ Result<T> forward(const Problem& p) {
           const T weight = std::exp(logits[static_cast<std::size_t>(j)] - max_logit) / sum;
           r.weights[static_cast<std::size_t>(row * Lk + j)] = weight;
           if (weight > 0 || std::isnan(weight)) r.entropy[static_cast<std::size_t>(row)] -= weight * std::log(weight);
-          if (!key_visible(p, b, h, i, j)) continue;  // out sums over visible keys only
+          // out sums over the keys the row sees; a key whose logit is −inf (a −inf bias, a q·k
+          // that overflowed to −inf) drops out exactly like a masked one: its value is not read,
+          // so a NaN or ±inf there does not reach the row as 0·NaN (docs/RELIABILITY.md).
+          if (!key_visible(p, b, h, i, j) || logits[static_cast<std::size_t>(j)] == neg_inf) continue;
           for (std::int64_t d = 0; d < Dv; ++d)
             r.out[static_cast<std::size_t>(row * Dv + d)] += weight * T(p.v_at(b, hk, j, d));
         }
