@@ -848,6 +848,22 @@ TEST(Backward, NaNInTheUpstreamGradientOfAPaddedRowDoesNotReachAnyGradient) {
   expect_nan_contained(c, "NaN in dout of rows >= query_lengths[1] = 12");
 }
 
+// A row the bool mask hides entirely still lies inside the tile's row ranges (unlike padding rows),
+// so only the zeroing of its packed Q and dO keeps NaN there out of dK and dV (0·NaN).
+TEST(Backward, NaNInQueryAndUpstreamGradientOfAFullyMaskedRowDoesNotReachAnyGradient) {
+  BackwardCase c = plain_case(41, 1, 2, 1, 20, 30, 8, 8);
+  c.grad_layouts.want_dbias = false;
+  c.inputs.mask.emplace(DType::boolean, std::vector<std::int64_t>{20, 30});
+  c.inputs.mask->fill([](const Index& ij) { return static_cast<std::uint8_t>(ij[0] != 7); });
+  for (const auto* name : {"q", "dout"}) {
+    Strided<float>& t = std::string(name) == "q" ? c.inputs.q : c.dout;
+    for_each_index(4, t.shape(), [&](const Index& index) {
+      if (index[2] == 7) t.at(index) = std::numeric_limits<float>::quiet_NaN();
+    });
+  }
+  expect_nan_contained(c, "NaN in q and dout of row 7, which the mask hides from every key");
+}
+
 // ---- workspace ----------------------------------------------------------------------------------
 
 TEST(Backward, WorkspaceLimitGivesTheSameGradientsInRounds) {

@@ -192,55 +192,63 @@ void pack_rows(const View4<const float>& src, std::int64_t b, std::int64_t h, st
   for (std::int64_t j = 0; j < len_pad; ++j) copy_row(src, b, h, j, len, 0, dim, dim, dst + j * dim);
 }
 
-void pack_group_keys_values(const BackwardProblem& bp, const BackwardPlan& plan, std::int64_t g,
-                            float* group) {
+// The packing of one round is cut into tasks of similar size, so that the threads finish it
+// together: per group, Kᵀ panels, Vᵀ panels and K column panels; per query head, Q (rows and
+// column panels) and dO (rows, column panels, lse and delta).
+constexpr std::int64_t kKeyPackTasks = 3;
+constexpr std::int64_t kHeadPackTasks = 2;
+
+void pack_keys_values_part(const BackwardProblem& bp, const BackwardPlan& plan, std::int64_t g,
+                           std::int64_t part, float* group) {
   const Problem& p = bp.forward;
   const std::int64_t b = g / p.heads_kv, hk = g % p.heads_kv;
   const GroupLayout& l = plan.layout;
   // Keys past this batch entry's key length are packed as zeros: no row sees them, and whatever
   // they hold (NaN in an unused cache slot) must not reach a gradient as 0·NaN.
   const std::int64_t len = p.key_length(b);
-  pack_transposed_panels(p.k, b, hk, len, plan.len_k_pad, p.dim_k, plan.nr, group + l.k_panels);
-  pack_transposed_panels(p.v, b, hk, len, plan.len_k_pad, p.dim_v, plan.nr, group + l.vt_panels);
-  pack_column_panels(p.k, b, hk, len, plan.len_k_pad, p.dim_k, plan.dim_k_pad, plan.nr,
-                     group + l.k_rows);
+  if (part == 0)
+    pack_transposed_panels(p.k, b, hk, len, plan.len_k_pad, p.dim_k, plan.nr, group + l.k_panels);
+  else if (part == 1)
+    pack_transposed_panels(p.v, b, hk, len, plan.len_k_pad, p.dim_v, plan.nr, group + l.vt_panels);
+  else
+    pack_column_panels(p.k, b, hk, len, plan.len_k_pad, p.dim_k, plan.dim_k_pad, plan.nr,
+                       group + l.k_rows);
 }
 
-// Zeroes query row i of a head's packed Q and dO (rows and column panels).
-void zero_packed_row(const Problem& p, const BackwardPlan& plan, float* head, std::int64_t i) {
-  const GroupLayout& l = plan.layout;
-  std::fill_n(head + l.q_rows + i * p.dim_k, p.dim_k, 0.0f);
-  std::fill_n(head + l.do_rows + i * p.dim_v, p.dim_v, 0.0f);
-  for (std::int64_t c0 = 0; c0 < plan.dim_k_pad; c0 += plan.nr)
-    std::fill_n(head + l.q_panels + c0 * plan.len_q_pad + i * plan.nr, plan.nr, 0.0f);
-  for (std::int64_t c0 = 0; c0 < plan.dim_v_pad; c0 += plan.nr)
-    std::fill_n(head + l.do_panels + c0 * plan.len_q_pad + i * plan.nr, plan.nr, 0.0f);
+// Rows that see no key (padding past the query length, fully masked rows: lse = −inf; with a
+// sink, rows whose causal / window range is empty) have no gradient; their Q and dO are zeroed
+// so that NaN there cannot reach dK or dV as 0·NaN.
+bool row_has_gradient(const BackwardProblem& bp, std::int64_t b, std::int64_t h, std::int64_t i) {
+  const Problem& p = bp.forward;
+  return i < p.query_length(b) && bp.lse.at(b, h, i, 0) != -INFINITY && !visible_keys(p, b, i).empty();
 }
 
-void pack_query_head(const BackwardProblem& bp, const BackwardPlan& plan, std::int64_t g,
-                     std::int64_t head_in_group, float* group) {
+// Part 0: Q (rows, column panels); part 1: dO (rows, column panels), lse and delta_i = dO_i · O_i.
+void pack_query_head_part(const BackwardProblem& bp, const BackwardPlan& plan, std::int64_t g,
+                          std::int64_t head_in_group, std::int64_t part, float* group) {
   const Problem& p = bp.forward;
   const std::int64_t b = g / p.heads_kv, h = (g % p.heads_kv) * p.group + head_in_group;
   const GroupLayout& l = plan.layout;
   float* head = group + l.heads + head_in_group * l.head_size;
-  pack_rows(p.q, b, h, p.len_q, plan.len_q_pad, p.dim_k, head + l.q_rows);
-  pack_column_panels(p.q, b, h, p.len_q, plan.len_q_pad, p.dim_k, plan.dim_k_pad, plan.nr,
-                     head + l.q_panels);
-  pack_rows(bp.dout, b, h, p.len_q, plan.len_q_pad, p.dim_v, head + l.do_rows);
-  pack_column_panels(bp.dout, b, h, p.len_q, plan.len_q_pad, p.dim_v, plan.dim_v_pad, plan.nr,
-                     head + l.do_panels);
-  // Rows that see no key (padding past the query length, fully masked rows: lse = −inf; with a
-  // sink, rows whose causal / window range is empty) have no gradient; their Q and dO are zeroed
-  // so that NaN there cannot reach dK or dV as 0·NaN.
-  const View4<float>& out = p.out;
-  const std::int64_t len = p.query_length(b);
+  const bool queries = part == 0;
+  const View4<const float>& src = queries ? p.q : bp.dout;
+  const std::int64_t dim = queries ? p.dim_k : p.dim_v, dim_pad = queries ? plan.dim_k_pad : plan.dim_v_pad;
+  float* rows = head + (queries ? l.q_rows : l.do_rows);
+  float* panels = head + (queries ? l.q_panels : l.do_panels);
+  pack_rows(src, b, h, p.len_q, plan.len_q_pad, dim, rows);
+  pack_column_panels(src, b, h, p.len_q, plan.len_q_pad, dim, dim_pad, plan.nr, panels);
   for (std::int64_t i = 0; i < plan.len_q_pad; ++i) {
-    const bool real = i < len && bp.lse.at(b, h, i, 0) != -INFINITY && !visible_keys(p, b, i).empty();
+    const bool real = i < p.len_q && row_has_gradient(bp, b, h, i);
+    if (!real && i < p.len_q) {
+      std::fill_n(rows + i * dim, dim, 0.0f);
+      for (std::int64_t c0 = 0; c0 < dim_pad; c0 += plan.nr)
+        std::fill_n(panels + c0 * plan.len_q_pad + i * plan.nr, plan.nr, 0.0f);
+    }
+    if (queries) continue;
     head[l.lse + i] = real ? bp.lse.at(b, h, i, 0) : -INFINITY;
     float delta = 0.0f;  // delta_i = dO_i · O_i
-    for (std::int64_t d = 0; real && d < p.dim_v; ++d) delta += bp.dout.at(b, h, i, d) * out.at(b, h, i, d);
+    for (std::int64_t d = 0; real && d < p.dim_v; ++d) delta += bp.dout.at(b, h, i, d) * p.out.at(b, h, i, d);
     head[l.delta + i] = delta;
-    if (!real && i < p.len_q) zero_packed_row(p, plan, head, i);
   }
 }
 
@@ -390,19 +398,24 @@ std::int64_t chunk_cost(const Problem& p, const RowRanges& r, std::int64_t k0, s
 }
 
 // dq(b, h) = scale · Σ_chunks partial, in chunk order, for rows [i0, i1).
+// Each element is summed from 0 in chunk order; the loops run along rows so that they vectorize.
 void reduce_dq(const BackwardProblem& bp, const BackwardPlan& plan, std::int64_t g,
-               std::int64_t hg, std::int64_t i0, std::int64_t i1, const float* group) {
+               std::int64_t hg, std::int64_t i0, std::int64_t i1, const float* group,
+               float* row_sum) {
   const Problem& p = bp.forward;
   const std::int64_t b = g / p.heads_kv, h = (g % p.heads_kv) * p.group + hg;
   const std::int64_t head_dq = plan.len_q_pad * plan.dim_k_pad;
   const float* partials = group + plan.layout.dq_partials + hg * head_dq;
-  for (std::int64_t i = i0; i < i1; ++i)
-    for (std::int64_t d = 0; d < p.dim_k; ++d) {
-      float sum = 0.0f;
-      for (std::int64_t c = 0; c < plan.chunks; ++c)
-        sum += partials[c * p.group * head_dq + i * plan.dim_k_pad + d];
-      bp.dq.at(b, h, i, d) = p.scale * sum;
+  for (std::int64_t i = i0; i < i1; ++i) {
+    std::fill_n(row_sum, p.dim_k, 0.0f);
+    for (std::int64_t c = 0; c < plan.chunks; ++c) {
+      const float* partial = partials + c * p.group * head_dq + i * plan.dim_k_pad;
+      for (std::int64_t d = 0; d < p.dim_k; ++d) row_sum[d] += partial[d];
     }
+    float* dq = &bp.dq.at(b, h, i, 0);
+    const std::int64_t stride = bp.dq.s3;
+    for (std::int64_t d = 0; d < p.dim_k; ++d) dq[d * stride] = p.scale * row_sum[d];
+  }
 }
 
 // ---- d(bias) ------------------------------------------------------------------------------------
@@ -527,15 +540,17 @@ double run_backward(const BackwardProblem& bp, const BackwardPlan& plan) {
         }
         item_dscale.assign(items.size(), 0.0);
       }
-      // Pack: one task per group for K/V, one per query head.
+      // Pack (tasks above: kKeyPackTasks per group, then kHeadPackTasks per query head).
+      const std::int64_t tasks_per_group = kKeyPackTasks + p.group * kHeadPackTasks;
 #pragma omp for schedule(dynamic, 1)
-      for (std::int64_t task = 0; task < n_groups * (1 + p.group); ++task) {
-        const std::int64_t g = task / (1 + p.group), part = task % (1 + p.group);
+      for (std::int64_t task = 0; task < n_groups * tasks_per_group; ++task) {
+        const std::int64_t g = task / tasks_per_group, part = task % tasks_per_group;
         float* group = packed.floats() + g * plan.layout.total;
-        if (part == 0)
-          pack_group_keys_values(bp, plan, round + g, group);
+        if (part < kKeyPackTasks)
+          pack_keys_values_part(bp, plan, round + g, part, group);
         else
-          pack_query_head(bp, plan, round + g, part - 1, group);
+          pack_query_head_part(bp, plan, round + g, (part - kKeyPackTasks) / kHeadPackTasks,
+                               (part - kKeyPackTasks) % kHeadPackTasks, group);
       }
       // Group by group (the threads share one group's packed data in the caches), largest items
       // first within a group; each item's result does not depend on who runs it or when.
@@ -565,7 +580,7 @@ double run_backward(const BackwardProblem& bp, const BackwardPlan& plan) {
         const std::int64_t g = task / (p.group * row_blocks);
         const std::int64_t hg = task / row_blocks % p.group, rb = task % row_blocks;
         reduce_dq(bp, plan, round + g, hg, rb * plan.rows, std::min(p.len_q, (rb + 1) * plan.rows),
-                  packed.floats() + g * plan.layout.total);
+                  packed.floats() + g * plan.layout.total, my_scratch);
       }
       if (bp.dbias) {
 #pragma omp for schedule(dynamic, 1)
