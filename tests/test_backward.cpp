@@ -821,8 +821,9 @@ void expect_nan_contained(const BackwardCase& c, const std::string& what) {
   }
 }
 
-BackwardCase padded_case() {
-  BackwardCase c = plain_case(39, 2, 2, 2, 20, 30, 8, 8);
+// D = 8 and D = 64 (panel remainders, whole panels on every ISA).
+BackwardCase padded_case(std::int64_t dim = 8) {
+  BackwardCase c = plain_case(39, 2, 2, 2, 20, 30, dim, dim);
   c.grad_layouts.want_dbias = false;
   c.inputs.key_lengths = {30, 17};
   c.inputs.query_lengths = {20, 12};
@@ -848,20 +849,38 @@ TEST(Backward, NaNInTheUpstreamGradientOfAPaddedRowDoesNotReachAnyGradient) {
   expect_nan_contained(c, "NaN in dout of rows >= query_lengths[1] = 12");
 }
 
+TEST(Backward, NaNInPaddingDoesNotReachAnyGradientWhenRowsCouldBeReadInPlace) {
+  for (int which = 0; which < 3; ++which) {
+    BackwardCase c = padded_case(64);
+    if (which == 0) {
+      fill_nan_from(c.inputs.k, 1, 17);
+      fill_nan_from(c.inputs.v, 1, 17);
+    }
+    if (which == 1) fill_nan_from(c.inputs.q, 1, 12);
+    if (which == 2) fill_nan_from(c.dout, 1, 12);
+    expect_nan_contained(c, which == 0   ? "D = 64, NaN in k and v of keys >= key_lengths[1] = 17"
+                            : which == 1 ? "D = 64, NaN in q of rows >= query_lengths[1] = 12"
+                                         : "D = 64, NaN in dout of rows >= query_lengths[1] = 12");
+  }
+}
+
 // A row the bool mask hides entirely still lies inside the tile's row ranges (unlike padding rows),
 // so only the zeroing of its packed Q and dO keeps NaN there out of dK and dV (0·NaN).
 TEST(Backward, NaNInQueryAndUpstreamGradientOfAFullyMaskedRowDoesNotReachAnyGradient) {
-  BackwardCase c = plain_case(41, 1, 2, 1, 20, 30, 8, 8);
-  c.grad_layouts.want_dbias = false;
-  c.inputs.mask.emplace(DType::boolean, std::vector<std::int64_t>{20, 30});
-  c.inputs.mask->fill([](const Index& ij) { return static_cast<std::uint8_t>(ij[0] != 7); });
-  for (const auto* name : {"q", "dout"}) {
-    Strided<float>& t = std::string(name) == "q" ? c.inputs.q : c.dout;
-    for_each_index(4, t.shape(), [&](const Index& index) {
-      if (index[2] == 7) t.at(index) = std::numeric_limits<float>::quiet_NaN();
-    });
+  for (std::int64_t dim : {8, 64}) {
+    BackwardCase c = plain_case(41, 1, 2, 1, 20, 30, dim, dim);
+    c.grad_layouts.want_dbias = false;
+    c.inputs.mask.emplace(DType::boolean, std::vector<std::int64_t>{20, 30});
+    c.inputs.mask->fill([](const Index& ij) { return static_cast<std::uint8_t>(ij[0] != 7); });
+    for (const auto* name : {"q", "dout"}) {
+      Strided<float>& t = std::string(name) == "q" ? c.inputs.q : c.dout;
+      for_each_index(4, t.shape(), [&](const Index& index) {
+        if (index[2] == 7) t.at(index) = std::numeric_limits<float>::quiet_NaN();
+      });
+    }
+    expect_nan_contained(c, "D = " + std::to_string(dim) +
+                                ", NaN in q and dout of row 7, which the mask hides from every key");
   }
-  expect_nan_contained(c, "NaN in q and dout of row 7, which the mask hides from every key");
 }
 
 // ---- workspace ----------------------------------------------------------------------------------
