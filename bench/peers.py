@@ -228,9 +228,18 @@ PEERS: Dict[str, Callable] = {
 # ---- timing -----------------------------------------------------------------------------------------
 
 
+SETTLE_BELOW_S = 0.05
+
+
 def interleaved_medians(calls: Dict[str, Call], budget_s: float, min_reps: int,
                         max_reps: int) -> Dict[str, float]:
-    """Median seconds of each call, timed round-robin (order rotated every round)."""
+    """Median seconds of each call, timed round-robin (order rotated every round).
+
+    A call shorter than SETTLE_BELOW_S is timed right after an untimed call of the same peer: the
+    previous peer's runtime may still have threads spinning on the cores for a while after its own
+    call (OpenMP, Eigen and ONNX Runtime pools all do), which cost a 1-3 ms decode call up to a
+    third of its time, whichever peer came next. Every peer gets the same treatment.
+    """
     names = list(calls)
     first: Dict[str, float] = {}
     for name in names:  # one timed warm round tells how many rounds fit the budget
@@ -242,6 +251,8 @@ def interleaved_medians(calls: Dict[str, Call], budget_s: float, min_reps: int,
     for round_index in range(reps):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
+            if first[name] < SETTLE_BELOW_S:
+                calls[name]()
             start = time.perf_counter()
             calls[name]()
             times[name].append(time.perf_counter() - start)
