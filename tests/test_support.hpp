@@ -375,6 +375,23 @@ inline ::testing::AssertionResult bitwise_equal(const std::vector<float>& a,
   return ::testing::AssertionSuccess();
 }
 
+/// Fails unless two calls' outputs are bitwise identical: out, and lse, weights and entropy where
+/// the buffers hold them (both must hold the same ones); the message names the output that differs.
+inline ::testing::AssertionResult same_output_bits(const OutputBuffers& a, const OutputBuffers& b) {
+  const std::pair<const char*, const std::optional<Strided<float>>*> optional[] = {
+      {"lse", &a.lse}, {"weights", &a.weights}, {"entropy", &a.entropy}};
+  const std::optional<Strided<float>>* other[] = {&b.lse, &b.weights, &b.entropy};
+  if (auto r = bitwise_equal(a.out.dense(), b.out.dense()); !r) return r << " (out)";
+  for (std::size_t n = 0; n < 3; ++n) {
+    const auto& [name, mine] = optional[n];
+    if (mine->has_value() != other[n]->has_value())
+      return ::testing::AssertionFailure() << name << " is held by one of the two only";
+    if (!mine->has_value()) continue;
+    if (auto r = bitwise_equal((*mine)->dense(), (*other[n])->dense()); !r) return r << " (" << name << ")";
+  }
+  return ::testing::AssertionSuccess();
+}
+
 // ---- the accuracy rule -------------------------------------------------------------------------
 
 /// Where an element's value is special: −inf and NaN must match the reference exactly.
