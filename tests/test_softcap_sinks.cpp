@@ -30,6 +30,16 @@ const kernels::FlashKernel& kernel_of(Isa isa) {
   }
 }
 
+// Runs the backward case on every ISA (2 threads); every gradient must be finite.
+void expect_finite_gradients_on_every_isa(const BackwardCase& c) {
+  OutputBuffers forward_outputs = c.make_forward_outputs();
+  GradBuffers grads = c.make_grads();
+  for (Isa isa : supported_isas()) {
+    c.run(forward_outputs, grads, isa, 2);
+    EXPECT_TRUE(all_finite(grads)) << isa_name(isa);
+  }
+}
+
 // Distance of `got` from the exact `ref` in units of the fp32 spacing at ref.
 double ulps(float got, double ref) {
   const double spacing = std::ldexp(1.0, std::ilogb(static_cast<float>(ref)) - 23);
@@ -110,12 +120,7 @@ TEST(Softcap, HugeLogitsAreCappedWithoutOverflow) {
     // Gradients: finite, and those of q and k vanish where tanh saturated.
     BackwardCase c{std::move(in), random_floats(rng, {1, 2, 6, 4}, {}), {}, {}, 1, ""};
     c.grad_layouts.want_dscale = true;
-    OutputBuffers forward_outputs = c.make_forward_outputs();
-    GradBuffers grads = c.make_grads();
-    for (Isa isa : supported_isas()) {
-      c.run(forward_outputs, grads, isa, 2);
-      EXPECT_TRUE(all_finite(grads)) << isa_name(isa);
-    }
+    expect_finite_gradients_on_every_isa(c);
     in = std::move(c.inputs);
   }
 }
@@ -300,12 +305,7 @@ TEST(Sinks, NaNInTheQueryOfARowThatSeesOnlyTheSinkReachesNoGradient) {
   c.inputs.sinks = floats({2}, {0.5f, 1.5f});
   for (std::int64_t d = 0; d < 8; ++d) c.inputs.q.at({0, 1, 2, d}) = std::numeric_limits<float>::quiet_NaN();
   c.grad_layouts.want_dsinks = true;
-  OutputBuffers forward_outputs = c.make_forward_outputs();
-  GradBuffers grads = c.make_grads();
-  for (Isa isa : supported_isas()) {
-    c.run(forward_outputs, grads, isa, 2);
-    EXPECT_TRUE(all_finite(grads)) << isa_name(isa);
-  }
+  expect_finite_gradients_on_every_isa(c);
 }
 
 TEST(Sinks, NegativeInfiniteSinkIsBitwiseTheSameAsNoSink) {
