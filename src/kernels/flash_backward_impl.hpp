@@ -74,7 +74,7 @@ float* probabilities_and_dlogits(const BackwardTile& t, const BackwardScratch& s
       // stale scores outside [lo, hi) are not read (logits_row hides those keys).
       const V vscale = Simd::set1(t.scale), vcap = Simd::set1(t.softcap);
       for (std::int64_t c = lo; c < hi; c += kLanes) {
-        const V th = vector_tanh(Simd::div(Simd::mul(Simd::load(raw + c), vscale), vcap));
+        const V th = Simd::tanh(Simd::div(Simd::mul(Simd::load(raw + c), vscale), vcap));
         Simd::store(tanh_row + c, th);
         Simd::store(p + c, Simd::mul(vcap, th));
       }
