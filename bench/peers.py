@@ -381,12 +381,24 @@ def versions(peers: List[str]) -> str:
     return ", ".join(parts)
 
 
+def positive_ints(text: str) -> List[int]:
+    """A comma-separated list of positive integers ('' = none), for argparse."""
+    try:
+        values = [int(item) for item in text.split(",") if item]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers") from None
+    if any(value < 1 for value in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected integers >= 1")
+    return values
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=THREADS_DEFAULT)
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset")
-    parser.add_argument("--lengths", default="512,2048,8192", help="'' for the decode rows only")
-    parser.add_argument("--dims", default="64,128")
+    parser.add_argument("--lengths", type=positive_ints, default="512,2048,8192",
+                        help="'' for the decode rows only")
+    parser.add_argument("--dims", type=positive_ints, default="64,128")
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--no-decode", action="store_true", help="skip the Lq=1, Lk=8192 rows")
     parser.add_argument("--forward-only", action="store_true")
@@ -406,12 +418,12 @@ def main() -> int:
     args = parser.parse_args()
     pin_threads(args.threads)
     peers = ["sdpa"] + [p for p in args.peers.split(",") if p and p != "sdpa"]
-    lengths = [int(length) for length in args.lengths.split(",") if length]
+    lengths = args.lengths
     shapes = [Shape(args.heads, length, length, dim, causal)
-              for dim in map(int, args.dims.split(",")) for length in lengths
+              for dim in args.dims for length in lengths
               for causal in (False, True)]
     if not args.no_decode:
-        shapes += [Shape(args.heads, 1, 8192, dim, False) for dim in map(int, args.dims.split(","))]
+        shapes += [Shape(args.heads, 1, 8192, dim, False) for dim in args.dims]
 
     started = time.perf_counter()
     rows, all_notes = [], []
