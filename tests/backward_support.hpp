@@ -150,9 +150,10 @@ inline bool forward_row(const BackwardProblem& bp, std::int64_t b, std::int64_t 
   double sum = std::exp(row.sink - max_logit);
   for (double s : row.logits) sum += std::exp(s - max_logit);
   row.lse = max_logit + std::log(sum);
-  row.sink_prob = std::exp(row.sink - row.lse);
+  // Normalised by the sum, not as exp(s − lse): at |logits| ~ 1e28 even an fp64 lse loses log(sum).
+  row.sink_prob = std::exp(row.sink - max_logit) / sum;
   for (std::int64_t j = 0; j < p.len_k; ++j)
-    row.probs[at(j)] = std::exp(row.logits[at(j)] - row.lse);
+    row.probs[at(j)] = std::exp(row.logits[at(j)] - max_logit) / sum;
   row.delta = row.delta_abs = 0;
   for (std::int64_t d = 0; d < p.dim_v; ++d) {
     double out = 0, out_abs = 0;

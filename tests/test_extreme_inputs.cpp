@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <limits>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -87,6 +88,58 @@ TEST(ExtremeInputs, ScaledDotProductsOfPlusMinus1e38GiveFiniteAccurateResults) {
   in.base.scale = 1e37f;  // |q·k| up to ~30: logits up to ~3e38
   EXPECT_TRUE(matches_reference_on_every_isa(in, "scale 1e37"));
   expect_all_rows_finite(in, "scale 1e37");
+}
+
+// The backward recomputes P = exp(s − lse) from the forward's fp32 lse = m + log(l). Where |lse| is
+// huge that lse cannot carry log(l): at 1e28 it rounds back to m, at 1e8 (ulp 8) to m + 8. Rows
+// there are renormalised by the sum of exp(s − lse) (backward.cpp); without that, tied keys each
+// got P = 1 (or e^-8) instead of 1/l and every gradient came out l times too large. Found by
+// fuzz_backward (fuzz/findings/fuzz_backward-lse-loses-log-sum-at-huge-logits).
+BackwardCase huge_tied_logits_case(float logit, std::int64_t len_k, bool with_sink) {
+  Rng rng(104);
+  BackwardCase c{random_inputs(rng, 1, 2, 1, 5, len_k, 8, 8), random_floats(rng, {1, 2, 5, 8}, {}),
+                 {}, {}, 2, ""};
+  // Row i: keys j ≡ i (mod 3) at `logit`, the others 3 or 2·3 ulps below it; q·k·scale ~ 1e-12
+  // vanishes in the sum even in fp64, so every logit is exact and about a third of the keys tie
+  // at the top. dv, dbias and dsinks do not scale with `scale` and show any error in P.
+  c.inputs.base.scale = 1e-12f;
+  const float ulp = std::nextafter(logit, INFINITY) - logit;
+  c.inputs.bias = floats({5, len_k}, std::vector<float>(static_cast<std::size_t>(5 * len_k)));
+  c.inputs.bias->fill([&](const Index& x) { return logit - 3.0f * ulp * float((x[1] - x[0] + 3) % 3); });
+  if (with_sink) c.inputs.sinks = floats({2}, {logit, -INFINITY});
+  c.grad_layouts.want_dbias = c.grad_layouts.want_dscale = true;
+  c.grad_layouts.want_dsinks = with_sink;
+  return c;
+}
+
+TEST(ExtremeInputs, BackwardAtLogitsWhoseLseCannotCarryLogSumMatchesReference) {
+  struct Config {
+    float logit;
+    std::int64_t len_k;
+    bool sink;
+  };
+  // 1e28: lse rounds to m (one key tile); 1e8: lse rounds to m + 8, over three key tiles, and with
+  // a sink tied to the top keys; −1e28: negative logits.
+  for (const Config& config : {Config{1e28f, 6, false}, Config{1e8f, 1000, true},
+                               Config{-1e28f, 40, true}}) {
+    const BackwardCase c = huge_tied_logits_case(config.logit, config.len_k, config.sink);
+    std::ostringstream what;
+    what << "logits " << config.logit << ", Lk " << config.len_k << (config.sink ? ", sink" : "");
+    OutputBuffers forward_outputs = c.make_forward_outputs();
+    GradBuffers grads = c.make_grads();
+    // DESIGN.md's rule without the rounding bound: its term u·|lse|·P (the relative error of P
+    // recomputed from an fp32 lse) is ~1e21 here and would cover any P. The logits are exact,
+    // so naive32 is accurate and so must the kernel be.
+    BackwardReferences refs = c.references(forward_outputs, grads);
+    for (auto* bound : {&refs.bounds.dq, &refs.bounds.dk, &refs.bounds.dv, &refs.bounds.dbias,
+                        &refs.bounds.dsinks})
+      std::fill(bound->begin(), bound->end(), 0.0);
+    refs.bounds.dscale = 0.0;
+    for (Isa isa : supported_isas()) {
+      c.run(forward_outputs, grads, isa, 2);
+      EXPECT_TRUE(check_grads(refs, grads)) << what.str() << ", isa " << isa_name(isa);
+    }
+  }
 }
 
 // The running max can grow by more than the float range between two key tiles (−1e38 first, +1e38

@@ -252,6 +252,39 @@ void pack_query_head_part(const BackwardProblem& bp, const BackwardPlan& plan, s
   }
 }
 
+// ---- rows whose lse cannot carry log(l) -------------------------------------------------------
+//
+// The tiles recompute P = exp(s − lse) from the forward's fp32 lse = m + log(l). Its rounding,
+// u·|lse| with u = 2^-24, is a relative error of P; where |lse| is large it swamps log(l) itself:
+// at |lse| ~ 1e28 the fp32 lse rounds back to m, and three tied keys each get P = 1 instead of 1/3
+// (a fuzz finding, docs/RELIABILITY.md). For rows with |lse| ≥ kRenormaliseLse (where that error
+// exceeds 2^-16, the size of the rounding of the logits themselves there) a pass before the tiles
+// sums l'_i = Σ_j exp(s_ij − lse_i) (+ exp(sink − lse_i)) over the row, from logits computed by
+// the tile code itself (bit for bit those the tiles use), and the tiles use P = exp(s − lse) / l'.
+// That is exp(s − m) / Σ exp(s − m) up to a few roundings, whatever lse lost. The pass costs one
+// more Q·Kᵀ for those rows only; rows below the threshold are untouched (the same bits as without).
+constexpr float kRenormaliseLse = 256.0f;
+
+bool renormalised_row(float lse) { return std::isfinite(lse) && std::abs(lse) >= kRenormaliseLse; }
+
+// 1/l' per query row (b, h, i) at (b·Hq + h)·Lq + i, 1 where the row is not renormalised; empty
+// when no row of the call is (then nothing else changes either).
+std::vector<float> initial_row_norms(const BackwardProblem& bp) {
+  const Problem& p = bp.forward;
+  bool any = false;
+  for (std::int64_t b = 0; b < p.batch && !any; ++b)
+    for (std::int64_t h = 0; h < p.heads_q && !any; ++h)
+      for (std::int64_t i = 0; i < p.query_length(b) && !any; ++i)
+        any = renormalised_row(bp.lse.at(b, h, i, 0));
+  if (!any) return {};
+  return std::vector<float>(static_cast<std::size_t>(p.batch * p.heads_q * p.len_q), 1.0f);
+}
+
+const float* row_norms_of(const std::vector<float>& norms, const Problem& p, std::int64_t b,
+                          std::int64_t h) {
+  return norms.empty() ? nullptr : norms.data() + (b * p.heads_q + h) * p.len_q;
+}
+
 // ---- the tile loop ------------------------------------------------------------------------------
 
 // Visible key ranges of every query row of batch entry b.
@@ -345,8 +378,8 @@ struct Item {
 
 // One (batch, kv-head, key chunk): dK and dV of its keys, its dQ partial, its d(scale) share.
 double run_item(const BackwardProblem& bp, const BackwardPlan& plan,
-                const std::vector<RowRanges>& ranges, std::int64_t g, const Item& item,
-                float* group, float* scratch) {
+                const std::vector<RowRanges>& ranges, const std::vector<float>& norms,
+                std::int64_t g, const Item& item, float* group, float* scratch) {
   const Problem& p = bp.forward;
   const std::int64_t b = g / p.heads_kv, hk = g % p.heads_kv;
   const GroupLayout& l = plan.layout;
@@ -371,6 +404,7 @@ double run_item(const BackwardProblem& bp, const BackwardPlan& plan,
       t.dv_acc = dv_acc;
       t.dq_acc = dq_partial + hg * head_dq;
       t.dscale = bp.dscale != nullptr ? &dscale : nullptr;  // raw scores kept only when asked
+      t.norm = row_norms_of(norms, p, b, h);
       for (std::int64_t i0 = 0; i0 < p.len_q; i0 += plan.rows) {
         const int rows = static_cast<int>(std::min(plan.rows, p.len_q - i0));
         if (!tile_visible(rr, i0, rows, t0, t0 + n_keys)) continue;
@@ -386,6 +420,40 @@ double run_item(const BackwardProblem& bp, const BackwardPlan& plan,
     }
   }
   return dscale;
+}
+
+// The renormalisation pass (above) for query rows [i0, i0 + rows) of query head hg of group g:
+// each row's sum over every key tile in key order (one task per row block: the same bits for any
+// thread count), then 1/l' into `norms` for the rows that need it.
+void renormalise_rows(const BackwardProblem& bp, const BackwardPlan& plan,
+                      const std::vector<RowRanges>& ranges, std::int64_t g, std::int64_t hg,
+                      std::int64_t i0, const float* group, float* scratch, std::vector<float>& norms) {
+  const Problem& p = bp.forward;
+  const std::int64_t b = g / p.heads_kv, h = (g % p.heads_kv) * p.group + hg;
+  const int rows = static_cast<int>(std::min(plan.rows, p.len_q - i0));
+  const float* lse = group + plan.layout.heads + hg * plan.layout.head_size + plan.layout.lse;
+  bool any = false;  // (the packed lse is −inf on rows without a gradient)
+  for (int r = 0; r < rows && !any; ++r) any = renormalised_row(lse[i0 + r]);
+  if (!any) return;
+  std::vector<double> sums(static_cast<std::size_t>(rows), 0.0);
+  const RowRanges& rr = ranges[static_cast<std::size_t>(b)];
+  kernels::BackwardTile t = tile_for_head(bp, plan, g, hg, group);
+  t.row_sums = sums.data();
+  const kernels::BackwardScratch s = scratch_tiles(plan, scratch);
+  for (std::int64_t t0 = 0; t0 < p.len_k; t0 += plan.keys) {
+    const std::int64_t n_keys = std::min(plan.keys, round_up(p.len_k - t0, plan.nr));
+    if (!tile_visible(rr, i0, rows, t0, t0 + n_keys)) continue;
+    place_tile(t, p, rr, b, h, i0, rows, t0, n_keys);
+    plan.kernel->tile(t, s);
+  }
+  const double sink = p.sink(h);
+  for (int r = 0; r < rows; ++r) {
+    if (!renormalised_row(lse[i0 + r])) continue;
+    double sum = sums[static_cast<std::size_t>(r)];
+    if (sink != -INFINITY) sum += std::exp(sink - static_cast<double>(lse[i0 + r]));
+    if (sum > 0.0 && std::isfinite(sum))
+      norms[static_cast<std::size_t>((b * p.heads_q + h) * p.len_q + i0 + r)] = static_cast<float>(1.0 / sum);
+  }
 }
 
 std::int64_t chunk_cost(const Problem& p, const RowRanges& r, std::int64_t k0, std::int64_t k1) {
@@ -443,7 +511,8 @@ std::vector<BiasItem> bias_items(const BackwardProblem& bp, const BackwardPlan& 
 
 // Adds every dS tile of the round's groups that reduces into this item's d(bias) elements.
 void run_bias_item(const BackwardProblem& bp, const BackwardPlan& plan,
-                   const std::vector<RowRanges>& ranges, const BiasItem& item,
+                   const std::vector<RowRanges>& ranges, const std::vector<float>& norms,
+                   const BiasItem& item,
                    std::int64_t round_begin, std::int64_t round_end, const float* packed,
                    float* scratch) {
   const Problem& p = bp.forward;
@@ -461,6 +530,7 @@ void run_bias_item(const BackwardProblem& bp, const BackwardPlan& plan,
       if (item.h >= 0 && item.h != h) continue;
       kernels::BackwardTile t = tile_for_head(bp, plan, g, hg, group);
       t.dlogits = dlogits;
+      t.norm = row_norms_of(norms, p, b, h);
       for (std::int64_t qb = 0; qb < q_blocks; ++qb) {
         if (item.q_block >= 0 && item.q_block != qb) continue;
         const std::int64_t i0 = qb * plan.rows;
@@ -501,7 +571,7 @@ void zero_grads_without_keys(const BackwardProblem& bp) {
         for (std::int64_t d = 0; d < p.dim_k; ++d) bp.dq.at(b, h, i, d) = 0.0f;
 }
 
-double run_backward(const BackwardProblem& bp, const BackwardPlan& plan) {
+double run_backward(const BackwardProblem& bp, const BackwardPlan& plan, std::vector<float>& norms) {
   const Problem& p = bp.forward;
   if (bp.dbias) zero_dbias(bp);
   if (p.len_k == 0) {  // no keys: every gradient is zero (dK, dV are empty)
@@ -552,6 +622,15 @@ double run_backward(const BackwardProblem& bp, const BackwardPlan& plan) {
           pack_query_head_part(bp, plan, round + g, (part - kKeyPackTasks) / kHeadPackTasks,
                                (part - kKeyPackTasks) % kHeadPackTasks, group);
       }
+      if (!norms.empty()) {  // rows whose lse cannot carry log(l), see above
+#pragma omp for schedule(dynamic, 1)
+        for (std::int64_t task = 0; task < n_groups * p.group * row_blocks; ++task) {
+          const std::int64_t g = task / (p.group * row_blocks);
+          renormalise_rows(bp, plan, ranges, round + g, task / row_blocks % p.group,
+                           task % row_blocks * plan.rows, packed.floats() + g * plan.layout.total,
+                           my_scratch, norms);
+        }
+      }
       // Group by group (the threads share one group's packed data in the caches), largest items
       // first within a group; each item's result does not depend on who runs it or when.
 #pragma omp single
@@ -573,7 +652,7 @@ double run_backward(const BackwardProblem& bp, const BackwardPlan& plan) {
         const Item& it = items[w];
         float* group = packed.floats() + it.group_in_round * plan.layout.total;
         item_dscale[static_cast<std::size_t>(it.group_in_round * plan.chunks + it.chunk)] =
-            run_item(bp, plan, ranges, round + it.group_in_round, it, group, my_scratch);
+            run_item(bp, plan, ranges, norms, round + it.group_in_round, it, group, my_scratch);
       }
 #pragma omp for schedule(dynamic, 1)
       for (std::int64_t task = 0; task < n_groups * p.group * row_blocks; ++task) {
@@ -585,7 +664,8 @@ double run_backward(const BackwardProblem& bp, const BackwardPlan& plan) {
       if (bp.dbias) {
 #pragma omp for schedule(dynamic, 1)
         for (std::size_t w = 0; w < dbias_items.size(); ++w)
-          run_bias_item(bp, plan, ranges, dbias_items[w], round, round_end, packed.floats(), my_scratch);
+          run_bias_item(bp, plan, ranges, norms, dbias_items[w], round, round_end, packed.floats(),
+                        my_scratch);
       }
 #pragma omp single
       for (double d : item_dscale) dscale += d;  // in (group, chunk) order
@@ -594,10 +674,11 @@ double run_backward(const BackwardProblem& bp, const BackwardPlan& plan) {
   return dscale;
 }
 
-// dL/d(sink_h) = −Σ_{b, i} p_sink·D_i with p_sink = exp(sink_h − lse_i), D_i = dO_i·O_i, over the
-// real rows of head h (padding rows have no sink). One task per head, rows in a fixed order, in
-// double: the same bits for any thread count.
-void sink_gradients(const BackwardProblem& bp) {
+// dL/d(sink_h) = −Σ_{b, i} p_sink·D_i with p_sink = exp(sink_h − lse_i) (divided by l'_i where
+// the row is renormalised, see above), D_i = dO_i·O_i, over the real rows of head h (padding rows
+// have no sink). One task per head, rows in a fixed order, in double: the same bits for any
+// thread count.
+void sink_gradients(const BackwardProblem& bp, const std::vector<float>& norms) {
   const Problem& p = bp.forward;
 #pragma omp parallel for schedule(static) num_threads(static_cast<int>(std::clamp<std::int64_t>(p.heads_q, 1, p.threads)))
   for (std::int64_t h = 0; h < p.heads_q; ++h) {
@@ -610,7 +691,8 @@ void sink_gradients(const BackwardProblem& bp) {
         double delta = 0.0;
         for (std::int64_t d = 0; d < p.dim_v; ++d)
           delta += double(bp.dout.at(b, h, i, d)) * double(p.out.at(b, h, i, d));
-        sum -= std::exp(sink - lse) * delta;
+        const double norm = norms.empty() ? 1.0 : norms[static_cast<std::size_t>((b * p.heads_q + h) * p.len_q + i)];
+        sum -= std::exp(sink - lse) * norm * delta;
       }
     bp.dsinks[h * bp.dsinks_stride] = static_cast<float>(sum);
   }
@@ -694,9 +776,10 @@ RunInfo backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
   const BackwardProblem bp = validate_backward(q, k, v, out, dout, lse, options, grads);
   if (has_16bit(bp)) return backward_widened(q, k, v, out, dout, lse, options, grads);
   const BackwardPlan plan = make_backward_plan(bp);
-  const double dscale = run_backward(bp, plan);
+  std::vector<float> norms = initial_row_norms(bp);
+  const double dscale = run_backward(bp, plan, norms);
   if (bp.dscale != nullptr) *bp.dscale = static_cast<float>(dscale);
-  if (bp.dsinks != nullptr) sink_gradients(bp);
+  if (bp.dsinks != nullptr) sink_gradients(bp, norms);
   const Problem& p = bp.forward;
   double pairs = 0;
   for (std::int64_t b = 0; b < p.batch; ++b)

@@ -29,6 +29,9 @@ struct BackwardTile {
   const float *k_panels = nullptr, *vt_panels = nullptr, *k_rows = nullptr;
   const float *q_rows = nullptr, *do_rows = nullptr, *q_panels = nullptr, *do_panels = nullptr;
   const float *lse = nullptr, *delta = nullptr;  // indexed by absolute row i
+  // 1/l'_i for rows whose fp32 lse cannot carry log(l) (the driver's renormalisation), 1 for the
+  // others; indexed by absolute row i. nullptr: no row of the call needs it (P = exp(s − lse)).
+  const float* norm = nullptr;
   const std::int64_t *key_begin = nullptr, *key_end = nullptr;  // at row i0
   const std::uint8_t* mask = nullptr;  // at (i0, key 0)
   std::int64_t mask_row_stride = 0, mask_col_stride = 0;
@@ -43,6 +46,10 @@ struct BackwardTile {
   float* dq_acc = nullptr;  // rows i0.. of [len_q_pad][dim_k_pad] Σ dS·K (unscaled)
   double* dscale = nullptr; // += Σ dS ∘ (q·k)
   float* dlogits = nullptr;
+  // With row_sums set, the tile only adds Σ_c exp(logit_c − lse) of each of its rows to
+  // row_sums[r] (r = i − i0; lse as given, norm not applied) and touches nothing else: the
+  // driver's renormalisation pass, from logits computed bit for bit as the other modes compute them.
+  double* row_sums = nullptr;
 };
 
 /// Per-thread scratch: three [block_rows][ld] tiles (also the layout of BackwardTile::dlogits).

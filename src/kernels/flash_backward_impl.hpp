@@ -45,6 +45,31 @@ BackwardRanges backward_ranges(const BackwardTile& t) {
   return tr;
 }
 
+// The logits of tile row r (the same operations as the forward's logits_row, with softcap_row's
+// kept apart so that tanh(S·scale / c) is at hand in tanh_row), from the raw scores into p (which
+// may be raw). The stale scores outside the row group's panels are not read: logits_row hides
+// those keys.
+void row_logits(const BackwardTile& t, int r, const float* raw, float* p, float* tanh_row,
+                std::int64_t lo, std::int64_t hi) {
+  const float* bias = t.bias ? t.bias + r * t.bias_row_stride : nullptr;
+  const std::uint8_t* mask = t.mask ? t.mask + r * t.mask_row_stride : nullptr;
+  if (t.softcap > 0.0f) {
+    const V vscale = Simd::set1(t.scale), vcap = Simd::set1(t.softcap);
+    for (std::int64_t c = lo; c < hi; c += kLanes) {
+      const V th = Simd::tanh(Simd::div(Simd::mul(Simd::load(raw + c), vscale), vcap));
+      Simd::store(tanh_row + c, th);
+      Simd::store(p + c, Simd::mul(vcap, th));
+    }
+    logits_row(p, t.t0, t.n_keys, t.key_begin[r], t.key_end[r], 1.0f, 0.0f, bias,
+               t.bias_col_stride, mask, t.mask_col_stride);
+  } else {
+    if (p != raw)
+      for (std::int64_t c = 0; c < t.n_keys; ++c) p[c] = raw[c];
+    logits_row(p, t.t0, t.n_keys, t.key_begin[r], t.key_end[r], t.scale, 0.0f, bias,
+               t.bias_col_stride, mask, t.mask_col_stride);
+  }
+}
+
 // P and dS of the tile's rows, and Σ dS ∘ S_raw into *dscale when it is asked for (only then are
 // the raw scores kept: otherwise P overwrites them in place). With a softcap and `raw_score_grad`,
 // dS becomes dS ∘ (1 − tanh²) (the gradient of S·scale). Returns where P is. S and dP were
@@ -67,26 +92,12 @@ float* probabilities_and_dlogits(const BackwardTile& t, const BackwardScratch& s
     }
     const std::int64_t lo = tr.panel_lo[r / kMicroRows], hi = tr.panel_hi[r / kMicroRows];
     const V delta = Simd::set1(t.delta[t.i0 + r]);
-    const float* bias = t.bias ? t.bias + r * t.bias_row_stride : nullptr;
-    const std::uint8_t* mask = t.mask ? t.mask + r * t.mask_row_stride : nullptr;
-    if (capped) {
-      // The same operations as softcap_row, kept apart so that 1 − tanh² is at hand below; the
-      // stale scores outside [lo, hi) are not read (logits_row hides those keys).
-      const V vscale = Simd::set1(t.scale), vcap = Simd::set1(t.softcap);
-      for (std::int64_t c = lo; c < hi; c += kLanes) {
-        const V th = Simd::tanh(Simd::div(Simd::mul(Simd::load(raw + c), vscale), vcap));
-        Simd::store(tanh_row + c, th);
-        Simd::store(p + c, Simd::mul(vcap, th));
-      }
-      logits_row(p, t.t0, t.n_keys, t.key_begin[r], t.key_end[r], 1.0f, 0.0f, bias,
-                 t.bias_col_stride, mask, t.mask_col_stride);
-    } else {
-      if (p != raw)
-        for (std::int64_t c = 0; c < t.n_keys; ++c) p[c] = raw[c];
-      logits_row(p, t.t0, t.n_keys, t.key_begin[r], t.key_end[r], t.scale, 0.0f, bias,
-                 t.bias_col_stride, mask, t.mask_col_stride);
-    }
+    row_logits(t, r, raw, p, tanh_row, lo, hi);
     exp_row(p, t.n_keys, lse);
+    if (t.norm != nullptr && t.norm[t.i0 + r] != 1.0f) {
+      const V norm = Simd::set1(t.norm[t.i0 + r]);
+      for (std::int64_t c = lo; c < hi; c += kLanes) Simd::store(p + c, Simd::mul(Simd::load(p + c), norm));
+    }
     for (std::int64_t c = 0; c < lo; ++c) ds[c] = 0.0f;
     for (std::int64_t c = hi; c < t.n_keys; ++c) ds[c] = 0.0f;
     if (capped && raw_score_grad) {
@@ -124,10 +135,30 @@ float* probabilities_and_dlogits(const BackwardTile& t, const BackwardScratch& s
   return probs;
 }
 
+// The row_sums mode (see BackwardTile): S = Q·Kᵀ on the visible panels and each row's
+// Σ exp(logit − lse), with the very operations probabilities_and_dlogits performs.
+void row_sums_tile(const BackwardTile& t, const BackwardScratch& s, const BackwardRanges& tr) {
+  const std::int64_t rows_pad = round_up(t.rows, kMicroRows);
+  panel_gemm_cols(t.q_rows + t.i0 * t.dim_k, t.dim_k, rows_pad, t.k_panels + t.t0 * t.dim_k,
+                  t.dim_k * kPanel, t.dim_k, s.scores, s.ld, tr.panel_lo, tr.panel_hi);
+  alignas(64) float tanh_row[kBackwardKeys];
+  for (int r = 0; r < t.rows; ++r) {
+    const float lse = t.lse[t.i0 + r];
+    if (lse == kNegInf) continue;
+    float* p = s.scores + r * s.ld;
+    row_logits(t, r, p, p, tanh_row, tr.panel_lo[r / kMicroRows], tr.panel_hi[r / kMicroRows]);
+    t.row_sums[r] += static_cast<double>(exp_row(p, t.n_keys, lse));
+  }
+}
+
 void backward_tile(const BackwardTile& t, const BackwardScratch& s) {
   const std::int64_t rows_pad = round_up(t.rows, kMicroRows);
   const std::int64_t keys_pad = round_up(t.n_keys, kMicroRows);
   const BackwardRanges tr = backward_ranges(t);
+  if (t.row_sums != nullptr) {
+    row_sums_tile(t, s, tr);
+    return;
+  }
   // S = Q·Kᵀ and dP = dO·Vᵀ on the visible panels (rows past the tile read zero-padded Q/dO rows).
   panel_gemm_cols(t.q_rows + t.i0 * t.dim_k, t.dim_k, rows_pad, t.k_panels + t.t0 * t.dim_k,
                   t.dim_k * kPanel, t.dim_k, s.scores, s.ld, tr.panel_lo, tr.panel_hi);
