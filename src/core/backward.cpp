@@ -238,7 +238,7 @@ void pack_query_head_part(const BackwardProblem& bp, const BackwardPlan& plan, s
   pack_rows(src, b, h, p.len_q, plan.len_q_pad, dim, rows);
   pack_column_panels(src, b, h, p.len_q, plan.len_q_pad, dim, dim_pad, plan.nr, panels);
   for (std::int64_t i = 0; i < plan.len_q_pad; ++i) {
-    const bool real = i < p.len_q && row_has_gradient(bp, b, h, i);
+    const bool real = row_has_gradient(bp, b, h, i);
     if (!real && i < p.len_q) {
       std::fill_n(rows + i * dim, dim, 0.0f);
       for (std::int64_t c0 = 0; c0 < dim_pad; c0 += plan.nr)
@@ -686,8 +686,8 @@ void sink_gradients(const BackwardProblem& bp, const std::vector<float>& norms) 
     double sum = 0.0;
     for (std::int64_t b = 0; sink != -INFINITY && b < p.batch; ++b)
       for (std::int64_t i = 0; i < p.query_length(b); ++i) {
+        if (!row_has_gradient(bp, b, h, i)) continue;  // out = 0: no term
         const double lse = bp.lse.at(b, h, i, 0);
-        if (lse == -INFINITY || visible_keys(p, b, i).empty()) continue;  // out = 0: no term
         double delta = 0.0;
         for (std::int64_t d = 0; d < p.dim_v; ++d)
           delta += double(bp.dout.at(b, h, i, d)) * double(p.out.at(b, h, i, d));
