@@ -56,7 +56,7 @@ void row_logits(const BackwardTile& t, int r, const float* raw, float* p, float*
   if (t.softcap > 0.0f) {
     const V vscale = Simd::set1(t.scale), vcap = Simd::set1(t.softcap);
     for (std::int64_t c = lo; c < hi; c += kLanes) {
-      const V th = Simd::tanh(Simd::div(Simd::mul(Simd::load(raw + c), vscale), vcap));
+      const V th = vector_tanh(Simd::div(Simd::mul(Simd::load(raw + c), vscale), vcap));
       Simd::store(tanh_row + c, th);
       Simd::store(p + c, Simd::mul(vcap, th));
     }

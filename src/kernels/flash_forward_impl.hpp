@@ -306,7 +306,7 @@ void tanh_values(float* values, std::int64_t n) {
   for (std::int64_t i = 0; i < n; i += kLanes) {
     const std::int64_t m = min_i64(kLanes, n - i);
     for (std::int64_t c = 0; c < kLanes; ++c) lanes[c] = c < m ? values[i + c] : 0.0f;
-    Simd::store(lanes, Simd::tanh(Simd::load(lanes)));
+    Simd::store(lanes, vector_tanh(Simd::load(lanes)));
     for (std::int64_t c = 0; c < m; ++c) values[i + c] = lanes[c];
   }
 }

@@ -12,8 +12,6 @@
 namespace sdpa::kernels::avx2_impl {
 namespace {
 
-#include "kernels/tanh_coefficients.hpp"
-
 struct Simd {
   using V = __m256;
   static constexpr int kLanes = 8;
@@ -59,23 +57,16 @@ struct Simd {
     return _mm256_andnot_ps(underflow, result);
   }
 
-  // tanh as in the AVX-512 kernel.
-  static V tanh(V x) {
-    const V sign = _mm256_set1_ps(-0.0f);
-    const V a = _mm256_andnot_ps(sign, x);
-    const V z = _mm256_mul_ps(a, a);
-    V p = _mm256_set1_ps(kTanhC4);
-    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(kTanhC3));
-    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(kTanhC2));
-    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(kTanhC1));
-    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(kTanhC0));
-    const V small = _mm256_fmadd_ps(_mm256_mul_ps(p, z), a, a);
-    const V e = exp2(_mm256_mul_ps(_mm256_min_ps(_mm256_set1_ps(10.0f), a), _mm256_set1_ps(kTwoLog2e)));
-    const V one = _mm256_set1_ps(1.0f);
-    const V large = _mm256_sub_ps(one, _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, one)));
-    const V is_small = _mm256_cmp_ps(a, _mm256_set1_ps(kTanhSmall), _CMP_LT_OQ);
-    const V r = _mm256_blendv_ps(large, small, is_small);
-    return _mm256_or_ps(r, _mm256_and_ps(x, sign));
+  // The operations vector_tanh (softmax_rows_impl.hpp) needs besides arithmetic.
+  static V abs(V x) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x); }
+  static V min(V a, V b) { return _mm256_min_ps(a, b); }  // b when either is NaN
+  // a < bound ? below : otherwise, lane by lane (NaN: otherwise).
+  static V select_below(V a, V bound, V below, V otherwise) {
+    return _mm256_blendv_ps(otherwise, below, _mm256_cmp_ps(a, bound, _CMP_LT_OQ));
+  }
+  // magnitude (sign bit clear) with the sign of x.
+  static V with_sign_of(V magnitude, V x) {
+    return _mm256_or_ps(magnitude, _mm256_and_ps(x, _mm256_set1_ps(-0.0f)));
   }
 };
 

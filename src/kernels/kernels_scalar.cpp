@@ -12,8 +12,6 @@
 namespace sdpa::kernels::scalar_impl {
 namespace {
 
-#include "kernels/tanh_coefficients.hpp"
-
 struct Simd {
   static constexpr int kLanes = 8;
   struct V {
@@ -90,28 +88,27 @@ struct Simd {
     for (float& lane : x.lane) lane = exp2_lane(lane);
     return x;
   }
-  // tanh as in the vector kernels (see kTanh* in softmax_rows_impl.hpp): an odd polynomial below
-  // |x| = 0.625, 1 − 2/(2^(2x·log2 e) + 1) above (|x| clamped at 10, where tanh rounds to 1).
-  static float tanh_lane(float x) {
-    const float a = x < 0.0f ? -x : x;
-    float r;
-    if (a < kTanhSmall) {
-      const float z = a * a;
-      float p = kTanhC4;
-      p = p * z + kTanhC3;
-      p = p * z + kTanhC2;
-      p = p * z + kTanhC1;
-      p = p * z + kTanhC0;
-      r = p * z * a + a;
-    } else {
-      const float e = exp2_lane((a < 10.0f || a != a ? a : 10.0f) * kTwoLog2e);
-      r = 1.0f - 2.0f / (e + 1.0f);
-    }
-    return std::copysign(r, x);  // tanh(−0) = −0
-  }
-  static V tanh(V x) {
-    for (float& lane : x.lane) lane = tanh_lane(lane);
+  // The operations vector_tanh (softmax_rows_impl.hpp) needs besides arithmetic, as the x86
+  // instructions of the vector kernels do them.
+  static V abs(V x) {
+    for (float& lane : x.lane) lane = std::fabs(lane);
     return x;
+  }
+  // min(a, b) as x86 minps: b when either is NaN.
+  static V min(V a, V b) {
+    for (int i = 0; i < kLanes; ++i) a.lane[i] = a.lane[i] < b.lane[i] ? a.lane[i] : b.lane[i];
+    return a;
+  }
+  // a < bound ? below : otherwise, lane by lane (NaN: otherwise).
+  static V select_below(V a, V bound, V below, V otherwise) {
+    for (int i = 0; i < kLanes; ++i)
+      if (a.lane[i] < bound.lane[i]) otherwise.lane[i] = below.lane[i];
+    return otherwise;
+  }
+  // magnitude (sign bit clear) with the sign of x.
+  static V with_sign_of(V magnitude, V x) {
+    for (int i = 0; i < kLanes; ++i) magnitude.lane[i] = std::copysign(magnitude.lane[i], x.lane[i]);
+    return magnitude;
   }
 };
 

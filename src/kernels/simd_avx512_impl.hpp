@@ -2,8 +2,6 @@
 // the AVX-512 and AVX-512-BF16 translation units. Included inside their namespace
 // sdpa::kernels::<isa>::(anonymous), after <immintrin.h>, so each gets its own internal copy.
 
-#include "kernels/tanh_coefficients.hpp"
-
 struct Simd {
   using V = __m512;
   static constexpr int kLanes = 16;
@@ -39,24 +37,15 @@ struct Simd {
     return _mm512_mask_mov_ps(result, underflow, _mm512_setzero_ps());
   }
 
-  // tanh: an odd polynomial for |x| < 0.625, 1 − 2/(e^{2|x|} + 1) above with |x| clamped at 10
-  // (tanh rounds to 1 there), then the sign of x (tanh_coefficients.hpp: accuracy). NaN stays NaN
-  // (min(10, NaN) is NaN, and NaN takes the exp branch).
-  static V tanh(V x) {
-    const V sign = _mm512_set1_ps(-0.0f);
-    const V a = _mm512_andnot_ps(sign, x);
-    const V z = _mm512_mul_ps(a, a);
-    V p = _mm512_set1_ps(kTanhC4);
-    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(kTanhC3));
-    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(kTanhC2));
-    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(kTanhC1));
-    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(kTanhC0));
-    const V small = _mm512_fmadd_ps(_mm512_mul_ps(p, z), a, a);
-    const V e = exp2(_mm512_mul_ps(_mm512_min_ps(_mm512_set1_ps(10.0f), a), _mm512_set1_ps(kTwoLog2e)));
-    const V one = _mm512_set1_ps(1.0f);
-    const V large = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, one)));
-    const __mmask16 is_small = _mm512_cmp_ps_mask(a, _mm512_set1_ps(kTanhSmall), _CMP_LT_OQ);
-    const V r = _mm512_mask_mov_ps(large, is_small, small);
-    return _mm512_or_ps(r, _mm512_and_ps(x, sign));
+  // The operations vector_tanh (softmax_rows_impl.hpp) needs besides arithmetic.
+  static V abs(V x) { return _mm512_andnot_ps(_mm512_set1_ps(-0.0f), x); }
+  static V min(V a, V b) { return _mm512_min_ps(a, b); }  // b when either is NaN
+  // a < bound ? below : otherwise, lane by lane (NaN: otherwise).
+  static V select_below(V a, V bound, V below, V otherwise) {
+    return _mm512_mask_mov_ps(otherwise, _mm512_cmp_ps_mask(a, bound, _CMP_LT_OQ), below);
+  }
+  // magnitude (sign bit clear) with the sign of x.
+  static V with_sign_of(V magnitude, V x) {
+    return _mm512_or_ps(magnitude, _mm512_and_ps(x, _mm512_set1_ps(-0.0f)));
   }
 };

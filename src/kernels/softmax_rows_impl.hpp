@@ -5,13 +5,33 @@
 constexpr float kLog2e = 1.44269504088896340736f;
 constexpr float kNegInf = -__builtin_inff();
 
+#include "kernels/tanh_coefficients.hpp"
+
+// tanh: an odd polynomial for |x| < kTanhSmall, 1 − 2/(e^{2|x|} + 1) above with |x| clamped at 10
+// (tanh rounds to 1 there), then the sign of x (tanh_coefficients.hpp: accuracy). NaN stays NaN
+// (min(10, NaN) is NaN, and NaN takes the exp branch).
+V vector_tanh(V x) {
+  const V a = Simd::abs(x);
+  const V z = Simd::mul(a, a);
+  V p = Simd::set1(kTanhC4);
+  p = Simd::fma(p, z, Simd::set1(kTanhC3));
+  p = Simd::fma(p, z, Simd::set1(kTanhC2));
+  p = Simd::fma(p, z, Simd::set1(kTanhC1));
+  p = Simd::fma(p, z, Simd::set1(kTanhC0));
+  const V small = Simd::fma(Simd::mul(p, z), a, a);
+  const V e = Simd::exp2(Simd::mul(Simd::min(Simd::set1(10.0f), a), Simd::set1(kTwoLog2e)));
+  const V one = Simd::set1(1.0f);
+  const V large = Simd::sub(one, Simd::div(Simd::set1(2.0f), Simd::add(e, one)));
+  return Simd::with_sign_of(Simd::select_below(a, Simd::set1(kTanhSmall), small, large), x);
+}
+
 // row[c] = softcap·tanh(row[c]·scale / softcap) for c in [0, n_keys): the Gemma-2 logit cap,
 // applied to the raw scores before the bias and the masks. Dividing (rather than multiplying by
 // scale / softcap) keeps a tiny softcap from turning a zero score into 0·inf = NaN.
 void softcap_row(float* row, std::int64_t n_keys, float scale, float softcap) {
   const V vscale = Simd::set1(scale), vcap = Simd::set1(softcap);
   for (std::int64_t c = 0; c < n_keys; c += kLanes)
-    Simd::store(row + c, Simd::mul(vcap, Simd::tanh(Simd::div(Simd::mul(Simd::load(row + c), vscale), vcap))));
+    Simd::store(row + c, Simd::mul(vcap, vector_tanh(Simd::div(Simd::mul(Simd::load(row + c), vscale), vcap))));
 }
 
 // Turns one row of raw scores q·k over keys [t0, t0 + n_keys) (n_keys a multiple of kLanes) into

@@ -1,5 +1,5 @@
-// Constants of the kernels' vectorized tanh (Simd::tanh in kernels_scalar.cpp, kernels_avx2.cpp and simd_avx512_impl.hpp), included
-// inside each ISA's namespace.
+// Constants of the kernels' vectorized tanh (vector_tanh in softmax_rows_impl.hpp, written once over
+// each ISA's Simd operations), included inside each ISA's namespace.
 //
 //   |x| < 0.625:  tanh x = x + x³·P(x²), P of degree 4 (an odd polynomial: no cancellation near 0,
 //                 tanh x = x exactly for tiny x); coefficients fitted here by iteratively reweighted
