@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "sdpa/kv_cache.hpp"
 #include "test_support.hpp"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -124,6 +125,29 @@ TEST(ResourceLimits, ScratchMemoryThatCannotBeAllocatedThrowsOutOfMemoryNamingTh
     EXPECT_NE(message.find("GiB"), std::string::npos) << message;
   }
   EXPECT_TRUE(is_sentinel(out.storage[0]));
+}
+
+TEST(ResourceLimits, KvCacheTooLargeForMemoryThrowsOutOfMemoryNamingTheBytes) {
+  if (!huge_allocations_fail_cleanly()) GTEST_SKIP() << "ASan without allocator_may_return_null=1";
+  // 2^40 pages of 16 tokens x 8 heads x 128 floats: 2^56 bytes of keys.
+  const KvCacheConfig too_big{8, 128, 128, 16, std::int64_t{1} << 40, KvStorage::f32};
+  try {
+    KvCache cache(too_big);
+    ADD_FAILURE() << "no error thrown";
+  } catch (const OutOfMemory& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot allocate 72057594037927936 bytes for the KV "
+                                         "cache's keys"),
+              std::string::npos)
+        << e.what();
+  }
+  // Past 2^64 bytes: named as such, not an overflowed (small) size.
+  const KvCacheConfig overflowing{8, 128, 128, 16, std::int64_t{1} << 58, KvStorage::f32};
+  try {
+    KvCache cache(overflowing);
+    ADD_FAILURE() << "no error thrown";
+  } catch (const OutOfMemory& e) {
+    EXPECT_NE(std::string(e.what()).find("more than 2^64 bytes"), std::string::npos) << e.what();
+  }
 }
 
 TEST(ResourceLimits, OutOfMemoryIsAStdBadAlloc) {

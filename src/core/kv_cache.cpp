@@ -7,7 +7,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <cstdlib>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -15,6 +17,7 @@
 #include "core/errors.hpp"
 #include "core/isa.hpp"
 #include "core/problem.hpp"
+#include "core/workspace.hpp"
 
 namespace sdpa {
 namespace {
@@ -35,6 +38,31 @@ std::uint16_t to_bf16(float x) {
   bits += 0x7fffu + ((bits >> 16) & 1u);
   return static_cast<std::uint16_t>(bits >> 16);
 }
+
+// The pool's key or value bytes, zeroed: allocate_large's memory, so that a large pool sits on
+// huge pages (a decode call streams the whole of it).
+class PoolBytes {
+ public:
+  void allocate(std::size_t bytes, const char* what) {
+    void* data = allocate_large(bytes);
+    if (data == nullptr && bytes > 0)
+      throw OutOfMemory("cannot allocate " + std::to_string(bytes) + " bytes for the KV cache's " +
+                        what + " (a smaller config.blocks holds fewer tokens)");
+    if (data != nullptr) std::memset(data, 0, bytes);
+    data_.reset(static_cast<unsigned char*>(data));
+    size_ = bytes;
+  }
+  unsigned char* data() { return data_.get(); }
+  const unsigned char* data() const { return data_.get(); }
+  std::size_t size() const { return size_; }
+
+ private:
+  struct Free {
+    void operator()(unsigned char* p) const { std::free(p); }
+  };
+  std::unique_ptr<unsigned char, Free> data_;
+  std::size_t size_ = 0;
+};
 
 std::string shape_text(const Tensor& t) {
   std::string text = "[";
@@ -75,7 +103,7 @@ struct KvCache::Impl {
   KvCacheConfig config;
   std::int64_t row_k = 0, row_v = 0;  // padded elements per key / value row
   std::size_t elem = 4;
-  std::vector<unsigned char> keys, values;      // [blocks][heads][block_tokens][row] elements
+  PoolBytes keys, values;                       // [blocks][heads][block_tokens][row] elements
   std::vector<float> key_scales, value_scales;  // [blocks][heads][block_tokens] (int8 only)
   std::vector<std::int64_t> free;               // free page ids (a stack)
   struct Sequence {
@@ -193,9 +221,18 @@ KvCache::KvCache(const KvCacheConfig& requested) : impl_(std::make_unique<Impl>(
   m.row_k = round_up(c.dim_k, kRowAlign);
   m.row_v = round_up(c.dim_v, kRowAlign);
   m.elem = element_bytes(c.storage);
-  const auto rows = static_cast<std::size_t>(c.blocks * c.heads_kv * c.block_tokens);
-  m.keys.resize(rows * static_cast<std::size_t>(m.row_k) * m.elem);
-  m.values.resize(rows * static_cast<std::size_t>(m.row_v) * m.elem);
+  // blocks · heads_kv · block_tokens rows of row_k (row_v) elements, checked for overflow.
+  std::size_t rows = 0, key_bytes = 0, value_bytes = 0;
+  const auto z = [](std::int64_t x) { return static_cast<std::size_t>(x); };
+  if (__builtin_mul_overflow(z(c.blocks), z(c.heads_kv), &rows) ||
+      __builtin_mul_overflow(rows, z(c.block_tokens), &rows) ||
+      __builtin_mul_overflow(rows, z(m.row_k) * m.elem, &key_bytes) ||
+      __builtin_mul_overflow(rows, z(m.row_v) * m.elem, &value_bytes))
+    throw OutOfMemory("config.blocks = " + std::to_string(c.blocks) + " pages of " +
+                      std::to_string(c.block_tokens) + " tokens x " + std::to_string(c.heads_kv) +
+                      " heads: the KV cache would need more than 2^64 bytes");
+  m.keys.allocate(key_bytes, "keys");
+  m.values.allocate(value_bytes, "values");
   if (c.storage == KvStorage::i8) {
     m.key_scales.resize(rows);
     m.value_scales.resize(rows);
