@@ -1,4 +1,5 @@
-// Many std::threads calling sdpa::forward and sdpa::backward at once on shared, read-only inputs:
+// Many std::threads calling sdpa::forward, sdpa::backward, sdpa::merge_attention and
+// KvCache::attend at once on shared, read-only inputs:
 // every call must give the bits a lone call gives. The library keeps one process-wide workspace
 // pool; everything else a call uses is its own. scripts/test-sanitizers runs these under
 // ThreadSanitizer.
@@ -13,6 +14,7 @@
 
 #include "backward_support.hpp"
 #include "core/decode.hpp"
+#include "sdpa/kv_cache.hpp"
 #include "test_support.hpp"
 
 namespace sdpa::test {
@@ -172,6 +174,63 @@ TEST(Concurrency, ConcurrentBackwardCallsOnSharedInputsGiveTheBitsOfALoneCall) {
     }
   });
   EXPECT_EQ(mismatches.load(), 0);
+}
+
+TEST(Concurrency, ConcurrentMergeAttentionCallsGiveTheBitsOfALoneCall) {
+  // Shared read-only parts; each caller merges into its own output with a team of 1 or 2.
+  Rng rng(308);
+  std::vector<Strided<float>> out_parts, lse_parts;
+  std::vector<Tensor> outs, lses;
+  for (int n = 0; n < 4; ++n) {
+    out_parts.push_back(random_floats(rng, {2, 3, 40, 16}, {}));
+    lse_parts.push_back(random_floats(rng, {2, 3, 40}, {}, 5.0f));
+    outs.push_back(out_parts.back().tensor);
+    lses.push_back(lse_parts.back().tensor);
+  }
+  Strided<float> lone_out(DType::f32, {2, 3, 40, 16}), lone_lse(DType::f32, {2, 3, 40});
+  merge_attention(outs, lses, lone_out.tensor, lone_lse.tensor, 1);
+  std::atomic<int> mismatches{0};
+  run_concurrently(kCallers, [&](int caller) {
+    Strided<float> out(DType::f32, {2, 3, 40, 16}), lse(DType::f32, {2, 3, 40});
+    for (int n = 0; n < kRoundsPerCaller; ++n) {
+      merge_attention(outs, lses, out.tensor, lse.tensor, caller % 2 + 1);
+      if (!bitwise_equal(out.dense(), lone_out.dense()) ||
+          !bitwise_equal(lse.dense(), lone_lse.dense()))
+        ++mismatches;
+    }
+  });
+  EXPECT_EQ(mismatches.load(), 0);
+}
+
+TEST(Concurrency, ConcurrentAttendCallsOnOneKvCacheGiveTheBitsOfALoneCall) {
+  // attend() is const: many callers may read one cache (two sequences sharing its pool) at once.
+  Rng rng(309);
+  for (KvStorage storage : {KvStorage::f32, KvStorage::bf16, KvStorage::i8}) {
+    KvCache cache({2, 16, 16, 64, 24, storage});
+    const int a = cache.add_sequence(), b = cache.add_sequence();
+    const Strided<float> k = random_floats(rng, {2, 600, 16}, {}), v = random_floats(rng, {2, 600, 16}, {});
+    const Strided<float> k2 = random_floats(rng, {2, 300, 16}, {}), v2 = random_floats(rng, {2, 300, 16}, {});
+    cache.append(a, k.tensor, v.tensor);
+    cache.append(b, k2.tensor, v2.tensor);
+    const Strided<float> q = random_floats(rng, {4, 2, 16}, {});
+    std::vector<std::vector<float>> lone;
+    for (int s : {a, b}) {
+      Strided<float> out(DType::f32, {4, 2, 16});
+      cache.attend(s, q.tensor, out.tensor, AttendOptions{std::nullopt, Causal::bottom_right, 1});
+      lone.push_back(out.dense());
+    }
+    std::atomic<int> mismatches{0};
+    run_concurrently(kCallers, [&](int caller) {
+      Strided<float> out(DType::f32, {4, 2, 16});
+      for (int n = 0; n < kRoundsPerCaller; ++n) {
+        const int which = (caller + n) % 2;
+        cache.attend(which == 0 ? a : b, q.tensor, out.tensor,
+                     AttendOptions{std::nullopt, Causal::bottom_right, caller % 2 + 1});
+        if (!bitwise_equal(out.dense(), lone[static_cast<std::size_t>(which)])) ++mismatches;
+      }
+    });
+    EXPECT_EQ(mismatches.load(), 0) << kv_storage_name(storage);
+  }
 }
 
 }  // namespace
