@@ -221,5 +221,28 @@ TEST(KvCache, AttendIsBitwiseIdenticalForAnyThreadCount) {
   }
 }
 
+// NaN in one query row reaches that row's outputs only, on every instruction set, as with the
+// other storages and paths.
+TEST(KvCache, Int8CacheGivesANanRowForANanQueryRow) {
+  Rng rng(7);
+  KvCache cache({1, 32, 32, 64, 8, KvStorage::i8});
+  const int s = cache.add_sequence();
+  const Strided<float> k = random_floats(rng, {1, 300, 32}, {}),
+                       v = random_floats(rng, {1, 300, 32}, {});
+  cache.append(s, k.tensor, v.tensor);
+  Strided<float> q = random_floats(rng, {4, 1, 32}, {});
+  q.at({2, 0, 5}) = std::nanf("");
+  Strided<float> out(DType::f32, {4, 1, 32});
+  for (Isa isa : supported_isas()) {
+    AttendOptions options;
+    options.isa = isa;
+    cache.attend(s, q.tensor, out.tensor, options);
+    for (std::int64_t h = 0; h < 4; ++h)
+      for (std::int64_t d = 0; d < 32; ++d)
+        EXPECT_EQ(std::isnan(out.at({h, 0, d})), h == 2)
+            << "head " << h << ", column " << d << ", " << isa_name(isa);
+  }
+}
+
 }  // namespace
 }  // namespace sdpa::test
