@@ -10,7 +10,9 @@
 // Sequences of different lengths grow one page at a time from the shared pool and give their pages
 // back when removed. attend() runs the queries of one sequence against its cached keys
 // (bottom-right causal by default: the last query sees every key); bf16 and int8 rows are widened
-// in registers, nothing is unpacked to memory.
+// in registers, nothing is unpacked to memory. The pool is allocated (and zeroed) up front, on
+// transparent huge pages where Linux allows them (a decode call streams all of it); a pool that
+// cannot be allocated throws sdpa::OutOfMemory naming the bytes.
 //
 //   KvCache cache({.heads_kv = 8, .dim_k = 128, .block_tokens = 256, .blocks = 1024,
 //                  .storage = KvStorage::bf16});
