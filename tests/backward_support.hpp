@@ -87,8 +87,9 @@ struct GradBuffers {
 // √n growth typical of an n-term sum; R = Lq·group, the query rows one key/value head serves):
 //   η_ij = u·(4 + |lse_i| + |s_ij| + √Dk·|scale|·Σ_d|q_id k_jd| + |bias_ij|)
 //          (the relative error of P_ij)
-//   M_ij = P_ij·(η_ij·|dP_ij − D_i| + u·√Dv·(Σ_d|dO_id v_jd| + 2·Σ_d|dO_id|·Σ_j' P_ij'|v_j'd|))
-//          + u·|dS_ij|   (the error of dS_ij)
+//   M_ij = P_ij·(η_ij·|dP_ij − D_i| + u·√Dv·Σ_d|dO_id v_jd|
+//                + u·(4 + 2·√Dv + √Lk)·Σ_d|dO_id|·Σ_j' P_ij'|v_j'd|) + u·|dS_ij|
+//          (the error of dS_ij; D_i's term includes the error of the forward's out it reads)
 //   dq_i:   |scale|·Σ_j (M_ij + u·√Lk·|dS_ij|)·|k_j|
 //   dk_j:   |scale|·Σ_i (M_ij + u·√R·|dS_ij|)·|q_i|
 //   dv_j:   Σ_i P_ij·(η_ij + u·√R)·|dO_i|
@@ -228,9 +229,12 @@ inline reference::BackwardResult<double> fp32_rounding_bounds(const BackwardProb
           const double eta = u * (4 + std::abs(row.lse) + std::abs(row.logits[at(j)]) +
                                   root_dk * scale * qk_abs + bias + softcap_term);
           const double dlogit = P * std::abs(dprob - row.delta);
-          const double m_logit = P * (eta * std::abs(dprob - row.delta) +
-                                      u * root_dv * (dprob_abs + 2 * row.delta_abs)) +
-                                 u * dlogit;
+          // D_i's error: its dot product over Dv, and the forward's out it reads (exp and the
+          // sum over Lk keys), as in the dsinks term below.
+          const double m_logit =
+              P * (eta * std::abs(dprob - row.delta) +
+                   u * (root_dv * dprob_abs + (4 + 2 * root_dv + root_lk) * row.delta_abs)) +
+              u * dlogit;
           const double m = m_logit + (p.softcap > 0 ? 4 * u * dlogit : 0.0);  // of the score's dS
           for (std::int64_t d = 0; d < Dk; ++d) {
             r.dq[at(((b * Hq + h) * Lq + i) * Dk + d)] +=
