@@ -9,12 +9,14 @@
 #include <cstdlib>
 #include <fstream>
 #include <memory>
+#include <new>
 #include <ostream>
 #include <string>
 #include <vector>
 
 #include "bench/bench.hpp"
 #include "core/decode.hpp"
+#include "core/workspace.hpp"
 #include "sdpa/kv_cache.hpp"
 
 namespace sdpa::bench {
@@ -34,15 +36,18 @@ double load_average() {
   return load;
 }
 
-// 64-byte aligned, uninitialized memory (the callers write every element in parallel, so each
-// thread first-touches the pages it later reads: they sit on its memory node).
+// Uninitialized memory on the pages KvCache's pool gets (allocate_large: huge pages where Linux
+// allows), so that the bandwidth reference, the f32 tensors and the caches are all read through
+// the same kind of pages. The callers write every element in parallel, so each thread
+// first-touches the pages it later reads: they sit on its memory node.
 struct AlignedFree {
   void operator()(void* p) const { std::free(p); }
 };
 template <typename T>
 std::unique_ptr<T[], AlignedFree> aligned_array(std::size_t count) {
-  const std::size_t bytes = (count * sizeof(T) + 63) / 64 * 64;
-  return std::unique_ptr<T[], AlignedFree>(static_cast<T*>(std::aligned_alloc(64, bytes)));
+  void* data = sdpa::allocate_large(count * sizeof(T));
+  if (data == nullptr) throw std::bad_alloc();
+  return std::unique_ptr<T[], AlignedFree>(static_cast<T*>(data));
 }
 
 // One streaming pass: each thread XORs its slice of 64-bit words (four independent chains, so the
