@@ -333,6 +333,39 @@ TEST(LowPrecision, NaNValueSpreadsNoFurtherThanWithF32Inputs) {
     }
 }
 
+// Keys past a batch entry's key length are padding: NaN in their keys and values reaches no output
+// with 16-bit inputs either. Odd lengths put the last real key and the first padding key in one
+// bf16 pair of the packed values (packed two keys at a time); the outputs must be bitwise those of
+// clean padding.
+TEST(LowPrecision, NaNInPaddedKeysReachesNoOutput) {
+  Rng rng(93);
+  for (DType dtype : {DType::bf16, DType::f16}) {
+    Inputs in = random_inputs(rng, 3, 2, 1, 40, 300, 64, 48);
+    in.key_lengths = {37, 300, 201};
+    in.set_dtype(dtype);
+    OutputLayouts layouts;
+    layouts.want_weights = false;
+    OutputBuffers clean = in.make_outputs(layouts), dirty = in.make_outputs(layouts);
+    for (Isa isa : supported_isas()) {
+      in.run(clean, isa, 2);
+      for (std::int64_t b = 0; b < 3; ++b)
+        for (std::int64_t j = in.key_lengths[static_cast<std::size_t>(b)]; j < 300; ++j) {
+          for (std::int64_t d = 0; d < 64; ++d) in.k16->at({b, 0, j, d}) = 0x7fc0;
+          for (std::int64_t d = 0; d < 48; ++d) in.v16->at({b, 0, j, d}) = 0x7fc0;
+        }
+      in.run(dirty, isa, 2);
+      EXPECT_TRUE(same_output_bits(clean, dirty)) << dtype_name(dtype) << " " << isa_name(isa);
+      for (std::int64_t b = 0; b < 3; ++b)
+        for (std::int64_t j = in.key_lengths[static_cast<std::size_t>(b)]; j < 300; ++j) {
+          for (std::int64_t d = 0; d < 64; ++d)
+            in.k16->at({b, 0, j, d}) = narrow(dtype, in.k.at({b, 0, j, d}));
+          for (std::int64_t d = 0; d < 48; ++d)
+            in.v16->at({b, 0, j, d}) = narrow(dtype, in.v.at({b, 0, j, d}));
+        }
+    }
+  }
+}
+
 // ---- backward
 // ------------------------------------------------------------------------------------
 

@@ -26,9 +26,11 @@ inline __m512bh bf16_half_pairs(const std::uint16_t* b, int keep) {
 // One kMicroRows × kPanel block of C over depth elements [k0, k1): pairs [k0 / 2, ⌈k1 / 2⌉), the
 // element before k0 (odd k0) and after k1 − 1 (odd k1) zeroed in B, so that neither A's nor B's
 // values there (a key this row group does not see, NaN perhaps) reach C.
-template <bool kAccumulate>
+// kRowMax: row maxima as gemm_microkernel's (panel_gemm_impl.hpp).
+template <bool kAccumulate, bool kRowMax = false>
 void bf16_microkernel(const std::uint32_t* a, std::int64_t lda, const std::uint16_t* b_panel,
-                      std::int64_t k0, std::int64_t k1, float* c, std::int64_t ldc) {
+                      std::int64_t k0, std::int64_t k1, float* c, std::int64_t ldc,
+                      float* row_max = nullptr) {
   __m512 acc[kMicroRows][2];
 #pragma GCC unroll 16
   for (int r = 0; r < kMicroRows; ++r) {
@@ -67,6 +69,10 @@ void bf16_microkernel(const std::uint32_t* a, std::int64_t lda, const std::uint1
   for (int r = 0; r < kMicroRows; ++r) {
     _mm512_storeu_ps(c + r * ldc, acc[r][0]);
     _mm512_storeu_ps(c + r * ldc + kLanes, acc[r][1]);
+    if constexpr (kRowMax) {
+      float* m = row_max + r * kLanes;
+      Simd::store(m, Simd::max(Simd::max(Simd::load(m), acc[r][0]), acc[r][1]));
+    }
   }
 }
 
@@ -75,7 +81,8 @@ void bf16_microkernel(const std::uint32_t* a, std::int64_t lda, const std::uint1
 inline void bf16_panel_gemm_cols(const std::uint32_t* a, std::int64_t lda, std::int64_t rows,
                                  const std::uint16_t* b, std::int64_t b_panel_stride,
                                  std::int64_t depth, float* c, std::int64_t ldc,
-                                 const std::int64_t* lo, const std::int64_t* hi) {
+                                 const std::int64_t* lo, const std::int64_t* hi,
+                                 float* row_max = nullptr) {
   std::int64_t cols = 0;
   for (std::int64_t g = 0; g < rows / kMicroRows; ++g) cols = max_i64(cols, hi[g]);
   for (std::int64_t col = 0; col < cols; col += kPanel) {
@@ -83,7 +90,11 @@ inline void bf16_panel_gemm_cols(const std::uint32_t* a, std::int64_t lda, std::
     for (std::int64_t r = 0; r < rows; r += kMicroRows) {
       const std::int64_t g = r / kMicroRows;
       if (col < lo[g] || col >= hi[g]) continue;
-      bf16_microkernel<false>(a + r * lda, lda, b_panel, 0, depth, c + r * ldc + col, ldc);
+      if (row_max != nullptr)
+        bf16_microkernel<false, true>(a + r * lda, lda, b_panel, 0, depth, c + r * ldc + col, ldc,
+                                      row_max + r * kLanes);
+      else
+        bf16_microkernel<false>(a + r * lda, lda, b_panel, 0, depth, c + r * ldc + col, ldc);
     }
   }
 }
@@ -112,4 +123,25 @@ void round_row_to_bf16(float* row, std::int64_t n) {
     const __m512 lo = _mm512_loadu_ps(row + c), hi = _mm512_loadu_ps(row + c + kLanes);
     _mm512_storeu_si512(dst + c, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
   }
+}
+
+// exp_row (softmax_rows_impl.hpp) for the bf16 P·V product: row[c] = exp(row[c] − base) summed in
+// fp32 as exp_row does, and stored rounded to bf16 (nearest even) in the first half of the row's
+// bytes as round_row_to_bf16 would — one pass instead of two. n a multiple of kPanel. kScaled:
+// from raw scores, as exp_row<true>.
+template <bool kScaled>
+float exp_row_to_bf16(float* row, std::int64_t n, float base, float scale) {
+  const V vbase = Simd::set1(base), vscale = Simd::set1(scale);
+  const V log2e = Simd::set1(kLog2e);
+  auto* dst = reinterpret_cast<std::uint16_t*>(row);
+  V vsum = Simd::zero();
+  for (std::int64_t c = 0; c < n; c += kPanel) {
+    const V lo = Simd::exp2(Simd::mul(Simd::sub(logit_at<kScaled>(row, c, vscale), vbase), log2e));
+    const V hi =
+        Simd::exp2(Simd::mul(Simd::sub(logit_at<kScaled>(row, c + kLanes, vscale), vbase), log2e));
+    vsum = Simd::add(vsum, lo);
+    vsum = Simd::add(vsum, hi);
+    _mm512_storeu_si512(dst + c, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+  }
+  return Simd::reduce_add(vsum);
 }

@@ -49,6 +49,7 @@ struct BlockState {
   float* row_max;          // m per row (natural-log units of the logits)
   float* row_sum;          // l per row
   float* row_moment;       // u = Σ p·(t − m) per row (entropy telemetry), or null
+  float* score_max;        // [groups·kMicroRows][kLanes]: lane maxima of the tile's raw scores
 };
 
 #if defined(SDPA_KERNEL_BF16_PRODUCTS)
@@ -121,20 +122,36 @@ TileRanges tile_ranges(const BlockState& st, std::int64_t t0, std::int64_t n_key
 
 // scores[r][c] = Q[r]·K[t0 + c] for the key panels row r's group sees; the other panels hold stale
 // values, which logits_row replaces by −inf (they are outside every visible range of the group).
+// st.score_max gets each row's lane maxima over the panels computed (softmax_tile's max for rows
+// that see the whole tile, without a pass over it).
 void compute_scores(const BlockState& st, const TileRanges& tr, std::int64_t t0) {
   const std::int64_t dim_k = st.shape.dim_k;
+  for (int r = 0; r < st.groups * kMicroRows; ++r)
+    Simd::store(st.score_max + r * kLanes, Simd::set1(kNegInf));
   if constexpr (kBf16Products) {
 #if defined(SDPA_KERNEL_BF16_PRODUCTS)
     const std::int64_t dim_k2 = round_up(dim_k, 2);
     bf16_panel_gemm_cols(reinterpret_cast<const std::uint32_t*>(st.q_packed), dim_k2 / 2,
                          st.groups * kMicroRows,
                          reinterpret_cast<const std::uint16_t*>(st.kv.k_panels) + t0 * dim_k2,
-                         dim_k2 * kPanel, dim_k2, st.scores, kBlockKeys, tr.panel_lo, tr.panel_hi);
+                         dim_k2 * kPanel, dim_k2, st.scores, kBlockKeys, tr.panel_lo, tr.panel_hi,
+                         st.score_max);
 #endif
   } else {
     panel_gemm_cols(st.q_packed, dim_k, st.groups * kMicroRows, st.kv.k_panels + t0 * dim_k,
-                    dim_k * kPanel, dim_k, st.scores, kBlockKeys, tr.panel_lo, tr.panel_hi);
+                    dim_k * kPanel, dim_k, st.scores, kBlockKeys, tr.panel_lo, tr.panel_hi,
+                    st.score_max);
   }
+}
+
+// Row r's logits need no pass of their own when the row sees every key of the tile and they are
+// just S·scale with scale > 0: their max is the raw scores' max times scale (rounding is monotonic,
+// so max(S·scale) = max(S)·scale exactly), and exp multiplies by scale as it reads (exp_row<true>;
+// the compiler fuses S·scale − m into one rounding where logits_row's stored S·scale took two).
+bool raw_scores_row(const BlockState& st, int r, std::int64_t t0, std::int64_t n_keys) {
+  const QueryBlock& b = st.block;
+  return st.shape.scale > 0.0f && !(st.shape.softcap > 0.0f) && b.bias == nullptr &&
+         b.mask == nullptr && b.key_begin[r] <= t0 && b.key_end[r] >= t0 + n_keys;
 }
 
 // Row r's logits over keys [t0, t0 + n_keys) from its raw scores (softmax_rows_impl.hpp).
@@ -148,10 +165,16 @@ float logits_row(const BlockState& st, int r, std::int64_t t0, std::int64_t n_ke
 }
 
 // The online-softmax step for one score tile: scores become probabilities P (relative to the new
-// running max), running max/sum advance, and acc rows are rescaled where the max grew.
+// running max), running max/sum advance, and acc rows are rescaled where the max grew. With bf16
+// products P is stored rounded to bf16 in the first half of each row (the sum l stays fp32's).
 void softmax_tile(const BlockState& st, std::int64_t t0, std::int64_t n_keys) {
   for (int r = 0; r < st.block.rows; ++r) {
-    const float tile_max = logits_row(st, r, t0, n_keys);
+    const bool raw = raw_scores_row(st, r, t0, n_keys);
+    const float tile_max =
+        raw ? Simd::reduce_max(Simd::load(st.score_max + r * kLanes)) * st.shape.scale
+            : logits_row(st, r, t0, n_keys);
+    float* row = st.scores + r * kBlockKeys;
+    const float scale = st.shape.scale;
     const float old_max = st.row_max[r];
     const float new_max = tile_max > old_max ? tile_max : old_max;
     // While every key so far is masked the max is −inf; exponentiate against 0 instead so that
@@ -165,10 +188,19 @@ void softmax_tile(const BlockState& st, std::int64_t t0, std::int64_t n_keys) {
       float& u = st.row_moment[r];
       const bool carry = st.row_sum[r] != 0.0f && alpha != 0.0f;
       u = carry ? alpha * (u + (old_max - base) * st.row_sum[r]) : 0.0f;
-      row_sum = exp_row_with_moment(st.scores + r * kBlockKeys, n_keys, base, &u);
+      row_sum = raw ? exp_row_with_moment<true>(row, n_keys, base, &u, scale)
+                    : exp_row_with_moment(row, n_keys, base, &u);
+#if defined(SDPA_KERNEL_BF16_PRODUCTS)
+      round_row_to_bf16(row, n_keys);
     } else {
-      row_sum = exp_row(st.scores + r * kBlockKeys, n_keys, base);
+      row_sum = raw ? exp_row_to_bf16<true>(row, n_keys, base, scale)
+                    : exp_row_to_bf16<false>(row, n_keys, base, 1.0f);
     }
+#else
+    } else {
+      row_sum = raw ? exp_row<true>(row, n_keys, base, scale) : exp_row(row, n_keys, base);
+    }
+#endif
     st.row_sum[r] = st.row_sum[r] * alpha + row_sum;
     st.row_max[r] = new_max;
     if (alpha != 1.0f) {  // lazy rescale: only when the running max grew
@@ -188,16 +220,12 @@ void softmax_tile(const BlockState& st, std::int64_t t0, std::int64_t n_keys) {
 // acc += P·V over the keys each row group sees (P is 0 elsewhere). Not over the panel padding
 // past them either: a padding key's value (say NaN in an unused KV-cache slot) must not reach the
 // output as 0·NaN.
-// bf16 products: P is rounded to bf16 in place first (row r's bf16 values in the first half of its
-// fp32 row, so A's row stride is kBlockKeys 32-bit words).
+// bf16 products: softmax_tile left P rounded to bf16 in place (row r's bf16 values in the first
+// half of its fp32 row, so A's row stride is kBlockKeys 32-bit words).
 void accumulate_values(const BlockState& st, const TileRanges& tr, std::int64_t t0) {
   if constexpr (kBf16Products) {
 #if defined(SDPA_KERNEL_BF16_PRODUCTS)
     const int rows = st.groups * kMicroRows;
-    std::int64_t used = 0;  // keys of the tile some group multiplies
-    for (int g = 0; g < st.groups; ++g) used = max_i64(used, tr.key_hi[g]);
-    used = round_up(used, kPanel);
-    for (int r = 0; r < rows; ++r) round_row_to_bf16(st.scores + r * kBlockKeys, used);
     bf16_panel_gemm_depth(reinterpret_cast<const std::uint32_t*>(st.scores), kBlockKeys, rows,
                           reinterpret_cast<const std::uint16_t*>(st.kv.v_panels) + t0 * kPanel,
                           st.kv.len_k_padded * kPanel, st.dim_v_pad, st.acc, st.dim_v_pad,
@@ -263,13 +291,15 @@ void write_weights(const BlockState& st, std::int64_t first, std::int64_t last) 
 void forward_block(const BlockShape& shape, const PackedKeysValues& kv, const QueryBlock& block,
                    const Scratch& scratch) {
   const int groups = (block.rows + kMicroRows - 1) / kMicroRows;
+  alignas(64) float score_max[kBlockRows * kLanes];
   const BlockState st{shape,           kv,
                       block,           groups,
                       round_up(shape.dim_v, kPanel),
                       scratch.q_packed, scratch.scores,
                       scratch.acc,     scratch.row_state,
                       scratch.row_state + kBlockRows,
-                      block.entropy != nullptr ? scratch.row_state + 2 * kBlockRows : nullptr};
+                      block.entropy != nullptr ? scratch.row_state + 2 * kBlockRows : nullptr,
+                      score_max};
 
   // The key tiles cover the union of the rows' visible ranges, starting on a panel boundary.
   std::int64_t first = shape.len_k, last = 0;

@@ -18,10 +18,12 @@ inline std::int64_t min_i64(std::int64_t a, std::int64_t b) { return a < b ? a :
 inline std::int64_t max_i64(std::int64_t a, std::int64_t b) { return a > b ? a : b; }
 inline std::int64_t round_up(std::int64_t x, std::int64_t to) { return (x + to - 1) / to * to; }
 
-// One kMicroRows × kPanel block of C, kept in registers over the whole depth.
-template <bool kAccumulate, bool kTransposeA>
+// One kMicroRows × kPanel block of C, kept in registers over the whole depth. With kRowMax, also
+// row_max[r·kLanes + l] = max(row_max[r·kLanes + l], C[r][l], C[r][kLanes + l]) (in that operand
+// order, as a pass over C's row would: the forward's score maxima without reading the tile again).
+template <bool kAccumulate, bool kTransposeA, bool kRowMax = false>
 void gemm_microkernel(const float* a, std::int64_t lda, const float* b_panel, std::int64_t depth,
-                      float* c, std::int64_t ldc) {
+                      float* c, std::int64_t ldc, float* row_max = nullptr) {
   V acc[kMicroRows][2];
 #pragma GCC unroll 16
   for (int r = 0; r < kMicroRows; ++r) {
@@ -46,6 +48,10 @@ void gemm_microkernel(const float* a, std::int64_t lda, const float* b_panel, st
   for (int r = 0; r < kMicroRows; ++r) {
     Simd::store(c + r * ldc, acc[r][0]);
     Simd::store(c + r * ldc + kLanes, acc[r][1]);
+    if constexpr (kRowMax) {
+      float* m = row_max + r * kLanes;
+      Simd::store(m, Simd::max(Simd::max(Simd::load(m), acc[r][0]), acc[r][1]));
+    }
   }
 }
 
@@ -67,10 +73,12 @@ void panel_gemm(const float* a, std::int64_t lda, std::int64_t rows, const float
 // would only produce masked (or zero-weight) entries. Row group g = rows [g·kMicroRows, …).
 
 // C = A·B where row group g computes only the column panels in [lo[g], hi[g]) (multiples of
-// kPanel); C's other panels are left as they were (callers overwrite or ignore them).
+// kPanel); C's other panels are left as they were (callers overwrite or ignore them). With
+// row_max ([rows][kLanes]), each row's lane maxima over the panels computed are folded into it.
 inline void panel_gemm_cols(const float* a, std::int64_t lda, std::int64_t rows, const float* b,
                             std::int64_t b_panel_stride, std::int64_t depth, float* c,
-                            std::int64_t ldc, const std::int64_t* lo, const std::int64_t* hi) {
+                            std::int64_t ldc, const std::int64_t* lo, const std::int64_t* hi,
+                            float* row_max = nullptr) {
   std::int64_t cols = 0;
   for (std::int64_t g = 0; g < rows / kMicroRows; ++g) cols = max_i64(cols, hi[g]);
   for (std::int64_t col = 0; col < cols; col += kPanel) {
@@ -78,7 +86,11 @@ inline void panel_gemm_cols(const float* a, std::int64_t lda, std::int64_t rows,
     for (std::int64_t r = 0; r < rows; r += kMicroRows) {
       const std::int64_t g = r / kMicroRows;
       if (col < lo[g] || col >= hi[g]) continue;
-      gemm_microkernel<false, false>(a + r * lda, lda, b_panel, depth, c + r * ldc + col, ldc);
+      if (row_max != nullptr)
+        gemm_microkernel<false, false, true>(a + r * lda, lda, b_panel, depth, c + r * ldc + col,
+                                             ldc, row_max + r * kLanes);
+      else
+        gemm_microkernel<false, false>(a + r * lda, lda, b_panel, depth, c + r * ldc + col, ldc);
     }
   }
 }

@@ -78,16 +78,27 @@ float logits_row(float* row, std::int64_t t0, std::int64_t n_keys, std::int64_t 
   return Simd::reduce_max(vmax);
 }
 
+// Row element c as a logit: row[c], or row[c]·scale when the row still holds raw scores (kScaled:
+// the same product logits_row would have stored).
+template <bool kScaled>
+V logit_at(const float* row, std::int64_t c, V vscale) {
+  const V t = Simd::load(row + c);
+  if constexpr (kScaled) return Simd::mul(t, vscale);
+  return t;
+}
+
 // Like exp_row, and also adds Σ p·(t − base) to *moment (the entropy's first moment, relative to
 // the base). A masked logit (t = −inf, p = 0) contributes 0, not 0·(−inf): t − base is clamped
 // at −FLT_MAX before the product (NaN still propagates).
-float exp_row_with_moment(float* row, std::int64_t n_keys, float base, float* moment) {
-  const V vbase = Simd::set1(base);
+template <bool kScaled = false>
+float exp_row_with_moment(float* row, std::int64_t n_keys, float base, float* moment,
+                          float scale = 1.0f) {
+  const V vbase = Simd::set1(base), vscale = Simd::set1(scale);
   const V log2e = Simd::set1(kLog2e);
   const V lowest = Simd::set1(-3.40282347e38f);
   V vsum = Simd::zero(), vmoment = Simd::zero();
   for (std::int64_t c = 0; c < n_keys; c += kLanes) {
-    const V x = Simd::max(lowest, Simd::sub(Simd::load(row + c), vbase));
+    const V x = Simd::max(lowest, Simd::sub(logit_at<kScaled>(row, c, vscale), vbase));
     const V p = Simd::exp2(Simd::mul(x, log2e));
     Simd::store(row + c, p);
     vsum = Simd::add(vsum, p);
@@ -98,12 +109,14 @@ float exp_row_with_moment(float* row, std::int64_t n_keys, float base, float* mo
 }
 
 // row[c] = exp(row[c] − base) in place; returns the row sum. exp(−inf) = 0, NaN stays NaN.
-float exp_row(float* row, std::int64_t n_keys, float base) {
-  const V vbase = Simd::set1(base);
+// kScaled: row[c] = exp(row[c]·scale − base), from raw scores (logit_at).
+template <bool kScaled = false>
+float exp_row(float* row, std::int64_t n_keys, float base, float scale = 1.0f) {
+  const V vbase = Simd::set1(base), vscale = Simd::set1(scale);
   const V log2e = Simd::set1(kLog2e);
   V vsum = Simd::zero();
   for (std::int64_t c = 0; c < n_keys; c += kLanes) {
-    const V p = Simd::exp2(Simd::mul(Simd::sub(Simd::load(row + c), vbase), log2e));
+    const V p = Simd::exp2(Simd::mul(Simd::sub(logit_at<kScaled>(row, c, vscale), vbase), log2e));
     Simd::store(row + c, p);
     vsum = Simd::add(vsum, p);
   }
