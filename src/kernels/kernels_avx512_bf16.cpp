@@ -17,7 +17,9 @@ namespace {
 
 constexpr int kMicroRows = 12;
 constexpr int kBlockRows = 96;
-constexpr int kBlockKeys = 256;
+// 1024-key tiles (bf16 K and V take half the bytes of fp32's): 2–3% faster than 256 at L = 1024 to
+// 16384 and D = 64 to 256 on Zen 5, 1% faster than 512.
+constexpr int kBlockKeys = 1024;
 
 }  // namespace
 }  // namespace sdpa::kernels::avx512_bf16_impl
