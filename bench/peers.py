@@ -47,17 +47,22 @@ class Shape:
     len_k: int
     dim: int
     causal: bool
+    dtype: str = "f32"  # or "bf16": forward only
 
     def label(self) -> str:
         kind = "causal" if self.causal else "full"
+        suffix = " bf16" if self.dtype == "bf16" else ""
         if self.len_q != self.len_k:
-            return f"decode Lq={self.len_q} Lk={self.len_k} D={self.dim}"
-        return f"L={self.len_q} D={self.dim} {kind}"
+            return f"decode Lq={self.len_q} Lk={self.len_k} D={self.dim}{suffix}"
+        return f"L={self.len_q} D={self.dim} {kind}{suffix}"
 
 
 # ---- the peers ------------------------------------------------------------------------------------
 # Each prepare(q, k, v, dout, causal, threads) converts the [B, H, L, D] float32 inputs once and
 # returns (forward, forward_backward or None, forward output as NumPy for the check).
+# The bf16 rows (--dtypes bf16) call PEERS_BF16's prepare(q, k, v, causal, threads) instead, with
+# q, k, v already rounded to bfloat16 (float32 arrays holding bf16 values): forward only, each peer
+# in its own bf16 mode.
 
 Call = Callable[[], object]
 
@@ -215,6 +220,83 @@ def prepare_numpy(q, k, v, dout, causal, threads):
     return forward, forward_backward, forward
 
 
+def _bfloat16(a):
+    import ml_dtypes  # comes with JAX
+
+    return a.astype(ml_dtypes.bfloat16)
+
+
+def prepare_sdpa_bf16(q, k, v, causal, threads):
+    """ml_dtypes.bfloat16 NumPy arrays in, bfloat16 out (vdpbf16ps on AVX512_BF16)."""
+    import sdpa
+
+    bq, bk, bv = (_bfloat16(a) for a in (q, k, v))
+
+    def forward():
+        return sdpa.scaled_dot_product_attention(bq, bk, bv, is_causal=causal, threads=threads)
+
+    return forward, lambda: forward().astype("float32")
+
+
+def prepare_torch_bf16(q, k, v, causal, threads):
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    tq, tk, tv = (torch.from_numpy(a).to(torch.bfloat16) for a in (q, k, v))
+
+    def forward():
+        with torch.no_grad():
+            return F.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
+
+    return forward, lambda: forward().float().numpy()
+
+
+def prepare_openvino_bf16(q, k, v, causal, threads):
+    """OpenVINO's SDPA op with INFERENCE_PRECISION_HINT bf16 (its own bf16 mode on AVX512_BF16),
+    float32 in and out as OpenVINO is used (with bf16 parameters it ran 2x slower here)."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    batch, heads, _, dim = q.shape
+    params = [ops.parameter([batch, heads, -1, dim], ov.Type.f32, name=n) for n in ("q", "k", "v")]
+    model = ov.Model([ops.scaled_dot_product_attention(*params, causal=causal)], params)
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                      "INFERENCE_PRECISION_HINT": "bf16"})
+    request = compiled.create_infer_request()
+
+    def forward():
+        return request.infer([q, k, v], share_inputs=True, share_outputs=True)
+
+    return forward, lambda: forward()[0].copy()
+
+
+def prepare_jax_bf16(q, k, v, causal, threads):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    jq, jk, jv = (jnp.asarray(a.transpose(0, 2, 1, 3), dtype=jnp.bfloat16) for a in (q, k, v))
+    forward_jit = jax.jit(lambda q_, k_, v_: jax.nn.dot_product_attention(q_, k_, v_,
+                                                                          is_causal=causal))
+
+    def forward():
+        return forward_jit(jq, jk, jv).block_until_ready()
+
+    return forward, lambda: np.asarray(forward(), dtype=np.float32).transpose(0, 2, 1, 3)
+
+
+PEERS_BF16: Dict[str, Callable] = {
+    "sdpa": prepare_sdpa_bf16,
+    "torch": prepare_torch_bf16,
+    "openvino": prepare_openvino_bf16,
+    "jax": prepare_jax_bf16,
+}
+BF16_NOT_RUN = {
+    "onnxruntime": "no bf16 on the CPU execution provider (its MultiHeadAttention is float32 only)",
+    "numpy": "NumPy has no bfloat16 arithmetic",
+}
+
 PEERS: Dict[str, Callable] = {
     "sdpa": prepare_sdpa,
     "torch": prepare_torch,
@@ -276,6 +358,8 @@ def run_shape(shape: Shape, peers: List[str], threads: int, args) -> Tuple[dict,
     k = rng.standard_normal((1, shape.heads, shape.len_k, shape.dim), dtype=np.float32)
     v = rng.standard_normal((1, shape.heads, shape.len_k, shape.dim), dtype=np.float32)
     dout = rng.standard_normal(q.shape, dtype=np.float32)
+    if shape.dtype == "bf16":
+        return run_shape_bf16(shape, peers, threads, args, q, k, v)
     forward_calls: Dict[str, Call] = {}
     backward_calls: Dict[str, Call] = {}
     notes: Dict[str, str] = {}
@@ -314,6 +398,38 @@ def run_shape(shape: Shape, peers: List[str], threads: int, args) -> Tuple[dict,
     backward_times = (interleaved_medians(backward_calls, budget, args.min_reps, args.max_reps)
                       if backward_calls else {})
     return forward_times, backward_times, notes
+
+
+def run_shape_bf16(shape: Shape, peers: List[str], threads: int, args, q, k, v):
+    """Forward only, bf16 inputs: every peer's output within bf16 accuracy of sdpa's."""
+    import numpy as np
+
+    q, k, v = (_bfloat16(a).astype(np.float32) for a in (q, k, v))  # the values every peer gets
+    calls: Dict[str, Call] = {}
+    notes: Dict[str, str] = {}
+    reference = None
+    for name in peers:
+        if name not in PEERS_BF16:
+            notes[name] = BF16_NOT_RUN.get(name, "no bf16 variant here")
+            continue
+        if name in SLOW_PEERS and shape.len_q * shape.len_k > args.slow_max_len**2:
+            notes[name] = f"not run above L = {args.slow_max_len} (--slow-max-len)"
+            continue
+        try:
+            forward, output = PEERS_BF16[name](q, k, v, shape.causal, threads)
+            result = np.asarray(output(), dtype=np.float32)
+        except Exception as error:  # a peer that cannot run this shape is reported, not fatal
+            notes[name] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:100]}"
+            continue
+        if reference is None:
+            reference = result
+        difference = float(np.abs(result - reference).max())
+        if not difference < 3e-2:  # two bf16 roundings of outputs of magnitude < 4
+            notes[name] = f"wrong result: max|peer - sdpa| = {difference:.2g}"
+            continue
+        calls[name] = forward
+    budget = args.budget * (shape.len_q * shape.len_k / 2048**2) ** 0.5
+    return interleaved_medians(calls, budget, args.min_reps, args.max_reps), {}, notes
 
 
 # ---- report -----------------------------------------------------------------------------------------
@@ -399,6 +515,8 @@ def main() -> int:
     parser.add_argument("--lengths", type=positive_ints, default="512,2048,8192",
                         help="'' for the decode rows only")
     parser.add_argument("--dims", type=positive_ints, default="64,128")
+    parser.add_argument("--dtypes", default="f32",
+                        help="comma-separated: f32 (forward and forward+backward), bf16 (forward)")
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--no-decode", action="store_true", help="skip the Lq=1, Lk=8192 rows")
     parser.add_argument("--forward-only", action="store_true")
@@ -419,10 +537,13 @@ def main() -> int:
     pin_threads(args.threads)
     peers = ["sdpa"] + [p for p in args.peers.split(",") if p and p != "sdpa"]
     lengths = args.lengths
-    shapes = [Shape(args.heads, length, length, dim, causal)
-              for dim in args.dims for length in lengths
+    dtypes = [d for d in args.dtypes.split(",") if d]
+    if not dtypes or any(d not in ("f32", "bf16") for d in dtypes):
+        parser.error(f"--dtypes {args.dtypes!r}: expected a comma-separated subset of f32,bf16")
+    shapes = [Shape(args.heads, length, length, dim, causal, dtype)
+              for dtype in dtypes for dim in args.dims for length in lengths
               for causal in (False, True)]
-    if not args.no_decode:
+    if not args.no_decode and "f32" in dtypes:
         shapes += [Shape(args.heads, 1, 8192, dim, False) for dim in args.dims]
 
     started = time.perf_counter()
@@ -468,7 +589,8 @@ def write_report(args, peers, report, notes, elapsed) -> None:
         "```",
         "",
         *machine(),
-        f"- threads: {args.threads} for every library; B = 1, H = {args.heads}, float32",
+        f"- threads: {args.threads} for every library; B = 1, H = {args.heads}, float32"
+        + (" (rows marked bf16: bfloat16 inputs, forward only)" if "bf16" in args.dtypes else ""),
         f"- versions: {versions(peers)}",
         f"- run time: {elapsed / 60:.1f} min",
         "",

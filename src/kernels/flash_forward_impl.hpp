@@ -146,8 +146,8 @@ void compute_scores(const BlockState& st, const TileRanges& tr, std::int64_t t0)
 
 // Row r's logits need no pass of their own when the row sees every key of the tile and they are
 // just S·scale with scale > 0: their max is the raw scores' max times scale (rounding is monotonic,
-// so max(S·scale) = max(S)·scale exactly), and exp multiplies by scale as it reads (exp_row<true>;
-// the compiler fuses S·scale − m into one rounding where logits_row's stored S·scale took two).
+// so max(S·scale) = max(S)·scale exactly), and exp computes S·scale − m as it reads, in one rounding
+// (exp_row<true>, logit_gap) where logits_row's stored S·scale took two.
 bool raw_scores_row(const BlockState& st, int r, std::int64_t t0, std::int64_t n_keys) {
   const QueryBlock& b = st.block;
   return st.shape.scale > 0.0f && !(st.shape.softcap > 0.0f) && b.bias == nullptr &&

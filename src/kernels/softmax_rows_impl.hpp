@@ -78,13 +78,13 @@ float logits_row(float* row, std::int64_t t0, std::int64_t n_keys, std::int64_t 
   return Simd::reduce_max(vmax);
 }
 
-// Row element c as a logit: row[c], or row[c]·scale when the row still holds raw scores (kScaled:
-// the same product logits_row would have stored).
+// t − base for row element c: the stored logit row[c] − base, or, when the row still holds raw
+// scores (kScaled), row[c]·scale − base in one rounding (fma; logits_row would have rounded the
+// product first). neg_base = −base.
 template <bool kScaled>
-V logit_at(const float* row, std::int64_t c, V vscale) {
-  const V t = Simd::load(row + c);
-  if constexpr (kScaled) return Simd::mul(t, vscale);
-  return t;
+V logit_gap(const float* row, std::int64_t c, V vscale, V vbase, V vneg_base) {
+  if constexpr (kScaled) return Simd::fma(Simd::load(row + c), vscale, vneg_base);
+  return Simd::sub(Simd::load(row + c), vbase);
 }
 
 // Like exp_row, and also adds Σ p·(t − base) to *moment (the entropy's first moment, relative to
@@ -93,12 +93,12 @@ V logit_at(const float* row, std::int64_t c, V vscale) {
 template <bool kScaled = false>
 float exp_row_with_moment(float* row, std::int64_t n_keys, float base, float* moment,
                           float scale = 1.0f) {
-  const V vbase = Simd::set1(base), vscale = Simd::set1(scale);
+  const V vbase = Simd::set1(base), vneg_base = Simd::set1(-base), vscale = Simd::set1(scale);
   const V log2e = Simd::set1(kLog2e);
   const V lowest = Simd::set1(-3.40282347e38f);
   V vsum = Simd::zero(), vmoment = Simd::zero();
   for (std::int64_t c = 0; c < n_keys; c += kLanes) {
-    const V x = Simd::max(lowest, Simd::sub(logit_at<kScaled>(row, c, vscale), vbase));
+    const V x = Simd::max(lowest, logit_gap<kScaled>(row, c, vscale, vbase, vneg_base));
     const V p = Simd::exp2(Simd::mul(x, log2e));
     Simd::store(row + c, p);
     vsum = Simd::add(vsum, p);
@@ -109,14 +109,14 @@ float exp_row_with_moment(float* row, std::int64_t n_keys, float base, float* mo
 }
 
 // row[c] = exp(row[c] − base) in place; returns the row sum. exp(−inf) = 0, NaN stays NaN.
-// kScaled: row[c] = exp(row[c]·scale − base), from raw scores (logit_at).
+// kScaled: row[c] = exp(row[c]·scale − base), from raw scores (logit_gap).
 template <bool kScaled = false>
 float exp_row(float* row, std::int64_t n_keys, float base, float scale = 1.0f) {
-  const V vbase = Simd::set1(base), vscale = Simd::set1(scale);
+  const V vbase = Simd::set1(base), vneg_base = Simd::set1(-base), vscale = Simd::set1(scale);
   const V log2e = Simd::set1(kLog2e);
   V vsum = Simd::zero();
   for (std::int64_t c = 0; c < n_keys; c += kLanes) {
-    const V p = Simd::exp2(Simd::mul(Simd::sub(logit_at<kScaled>(row, c, vscale), vbase), log2e));
+    const V p = Simd::exp2(Simd::mul(logit_gap<kScaled>(row, c, vscale, vbase, vneg_base), log2e));
     Simd::store(row + c, p);
     vsum = Simd::add(vsum, p);
   }
