@@ -136,9 +136,10 @@ float exp_row_to_bf16(float* row, std::int64_t n, float base, float scale) {
   auto* dst = reinterpret_cast<std::uint16_t*>(row);
   V vsum = Simd::zero();
   for (std::int64_t c = 0; c < n; c += kPanel) {
-    const V lo = Simd::exp2(Simd::mul(logit_gap<kScaled>(row, c, vscale, vbase, vneg_base), log2e));
-    const V hi =
-        Simd::exp2(Simd::mul(logit_gap<kScaled>(row, c + kLanes, vscale, vbase, vneg_base), log2e));
+    const V lo = Simd::softmax_exp2(
+        Simd::mul(logit_gap<kScaled>(row, c, vscale, vbase, vneg_base), log2e));
+    const V hi = Simd::softmax_exp2(
+        Simd::mul(logit_gap<kScaled>(row, c + kLanes, vscale, vbase, vneg_base), log2e));
     vsum = Simd::add(vsum, lo);
     vsum = Simd::add(vsum, hi);
     _mm512_storeu_si512(dst + c, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));

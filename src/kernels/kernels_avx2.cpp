@@ -57,6 +57,10 @@ struct Simd {
     return _mm256_andnot_ps(underflow, result);
   }
 
+  // exp2 for a softmax exponent (x ≤ 0 up to rounding): the AVX-512 kernel drops exp2's overflow
+  // clamp there; here it is exp2 itself.
+  static V softmax_exp2(V x) { return exp2(x); }
+
   // The operations vector_tanh (softmax_rows_impl.hpp) needs besides arithmetic.
   static V abs(V x) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x); }
   static V min(V a, V b) { return _mm256_min_ps(a, b); }  // b when either is NaN

@@ -88,6 +88,10 @@ struct Simd {
     for (float& lane : x.lane) lane = exp2_lane(lane);
     return x;
   }
+  // exp2 for a softmax exponent (x ≤ 0 up to rounding): the AVX-512 kernel drops exp2's overflow
+  // clamp there; here it is exp2 itself.
+  static V softmax_exp2(V x) { return exp2(x); }
+
   // The operations vector_tanh (softmax_rows_impl.hpp) needs besides arithmetic, as the x86
   // instructions of the vector kernels do them.
   static V abs(V x) {

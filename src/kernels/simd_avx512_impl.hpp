@@ -24,7 +24,11 @@ struct Simd {
   static V exp2(V x) {
     const V clamped = _mm512_min_ps(_mm512_set1_ps(128.0f), _mm512_max_ps(_mm512_set1_ps(-127.0f), x));
     const V n = _mm512_roundscale_ps(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const V f = _mm512_sub_ps(clamped, n);
+    return exp2_reduced(x, n, _mm512_sub_ps(clamped, n));
+  }
+
+  // 2^(n + f) for exp2's x = n + f (n integral, |f| ≤ 1/2), 0 where x < −126.
+  static V exp2_reduced(V x, V n, V f) {
     V p = _mm512_set1_ps(1.535336188319500e-4f);
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
@@ -32,9 +36,17 @@ struct Simd {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    const V result = _mm512_scalef_ps(p, n);
-    const __mmask16 underflow = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_LT_OQ);
-    return _mm512_mask_mov_ps(result, underflow, _mm512_setzero_ps());
+    // p·2^n where x ≥ −126 or NaN, 0 below (one masked instruction, not a select after it).
+    const __mmask16 in_range = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_NLT_UQ);
+    return _mm512_maskz_scalef_ps(in_range, p, n);
+  }
+
+  // exp2 for a softmax exponent x = t − base with base ≥ every t of the row (x ≤ 0 up to rounding;
+  // −inf and NaN as exp2): no overflow clamp, otherwise exp2's operations and bits.
+  static V softmax_exp2(V x) {
+    const V clamped = _mm512_max_ps(_mm512_set1_ps(-127.0f), x);
+    const V n = _mm512_roundscale_ps(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return exp2_reduced(x, n, _mm512_sub_ps(clamped, n));
   }
 
   // The operations vector_tanh (softmax_rows_impl.hpp) needs besides arithmetic.

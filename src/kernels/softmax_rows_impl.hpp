@@ -99,7 +99,7 @@ float exp_row_with_moment(float* row, std::int64_t n_keys, float base, float* mo
   V vsum = Simd::zero(), vmoment = Simd::zero();
   for (std::int64_t c = 0; c < n_keys; c += kLanes) {
     const V x = Simd::max(lowest, logit_gap<kScaled>(row, c, vscale, vbase, vneg_base));
-    const V p = Simd::exp2(Simd::mul(x, log2e));
+    const V p = Simd::softmax_exp2(Simd::mul(x, log2e));
     Simd::store(row + c, p);
     vsum = Simd::add(vsum, p);
     vmoment = Simd::fma(p, x, vmoment);
@@ -108,7 +108,8 @@ float exp_row_with_moment(float* row, std::int64_t n_keys, float base, float* mo
   return Simd::reduce_add(vsum);
 }
 
-// row[c] = exp(row[c] − base) in place; returns the row sum. exp(−inf) = 0, NaN stays NaN.
+// row[c] = exp(row[c] − base) in place; returns the row sum. exp(−inf) = 0, NaN stays NaN. base is
+// at least every logit of the row (its max, or its lse): Simd::softmax_exp2.
 // kScaled: row[c] = exp(row[c]·scale − base), from raw scores (logit_gap).
 template <bool kScaled = false>
 float exp_row(float* row, std::int64_t n_keys, float base, float scale = 1.0f) {
@@ -116,7 +117,8 @@ float exp_row(float* row, std::int64_t n_keys, float base, float scale = 1.0f) {
   const V log2e = Simd::set1(kLog2e);
   V vsum = Simd::zero();
   for (std::int64_t c = 0; c < n_keys; c += kLanes) {
-    const V p = Simd::exp2(Simd::mul(logit_gap<kScaled>(row, c, vscale, vbase, vneg_base), log2e));
+    const V p =
+        Simd::softmax_exp2(Simd::mul(logit_gap<kScaled>(row, c, vscale, vbase, vneg_base), log2e));
     Simd::store(row + c, p);
     vsum = Simd::add(vsum, p);
   }
