@@ -82,6 +82,22 @@ TEST(ExtremeInputs, LogitsUpToPlusMinusMaxFloatGiveFiniteAccurateResults) {
   expect_all_rows_finite(in, "bias up to ±FLT_MAX");
 }
 
+// Logits of magnitude ~1000, where S·scale rounded once (fma) and rounded twice differ by ~1e-4 in
+// the exponent: the weights must be formed as the row sum l was (a fuzz finding: the forward took
+// rows that see a whole tile from raw scores while the weights went through stored logits, and a
+// row of weights summed to 1 − 2.2e-5). Every ISA, so tiles of every width are covered.
+TEST(ExtremeInputs, WeightsOfLogitsNearAThousandSumToOne) {
+  Rng rng(107);
+  Inputs in = random_inputs(rng, 1, 2, 2, 40, 600, 40, 24);
+  in.base.scale = 150.0f;
+  OutputBuffers buffers = in.make_outputs();
+  const References refs = in.references(buffers);
+  for (Isa isa : supported_isas()) {
+    in.run(buffers, isa, 1);
+    EXPECT_TRUE(check_outputs(refs, buffers, in.len_k(), in.dim_v())) << isa_name(isa);
+  }
+}
+
 TEST(ExtremeInputs, ScaledDotProductsOfPlusMinus1e38GiveFiniteAccurateResults) {
   Rng rng(102);
   Inputs in = random_inputs(rng, 2, 2, 2, 20, 150, 8, 8);

@@ -277,9 +277,14 @@ void write_weights(const BlockState& st, std::int64_t first, std::int64_t last) 
     for (int r = 0; r < b.rows; ++r) {
       const float l = st.row_sum[r];
       if (l == 0.0f) continue;
-      logits_row(st, r, t0, n_keys);
+      // The exponent as softmax_tile formed it (l sums those p): from raw scores or from logits.
       float* row = st.scores + r * kBlockKeys;
-      exp_row(row, n_keys, st.row_max[r]);
+      if (raw_scores_row(st, r, t0, n_keys)) {
+        exp_row<true>(row, n_keys, st.row_max[r], st.shape.scale);
+      } else {
+        logits_row(st, r, t0, n_keys);
+        exp_row(row, n_keys, st.row_max[r]);
+      }
       const float inv = 1.0f / l;
       const std::int64_t end = min_i64(n_keys, st.shape.len_k - t0);
       float* w = b.weights + r * b.weights_row_stride + t0 * b.weights_col_stride;
