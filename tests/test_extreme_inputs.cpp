@@ -98,6 +98,22 @@ TEST(ExtremeInputs, WeightsOfLogitsNearAThousandSumToOne) {
   }
 }
 
+// Logits near 1e30 in rows that see whole tiles (no mask or bias): the row maximum m must be the
+// largest logit as rounded to fp32, and the exponent t − m formed from that same rounding. Fusing
+// S·scale − m into one fma left the rounding residual of the largest logit (~1e22) in its
+// exponent: p = inf and NaN rows (a fuzz finding; the reference's outputs are finite).
+TEST(ExtremeInputs, LogitsNear1e30InRowsThatSeeWholeTilesGiveFiniteAccurateResults) {
+  Rng rng(109);
+  Inputs in = random_inputs(rng, 1, 2, 2, 24, 700, 8, 16);
+  in.base.scale = 1e30f;
+  OutputBuffers buffers = in.make_outputs();
+  const References refs = in.references(buffers);
+  for (Isa isa : supported_isas()) {
+    in.run(buffers, isa, 2);
+    EXPECT_TRUE(check_outputs(refs, buffers, in.len_k(), in.dim_v())) << isa_name(isa);
+  }
+}
+
 TEST(ExtremeInputs, ScaledDotProductsOfPlusMinus1e38GiveFiniteAccurateResults) {
   Rng rng(102);
   Inputs in = random_inputs(rng, 2, 2, 2, 20, 150, 8, 8);

@@ -613,5 +613,33 @@ TEST(Forward, AskingForEntropyLeavesOutAndLseBitwiseUnchanged) {
   }
 }
 
+// Rows that see a whole key tile with no mask or bias skip the kernel's logits pass (their maximum
+// comes from the score microkernel, exp scales the raw scores as it reads). A mask that hides
+// nothing sends every row through the logits pass instead: every output must have the same bits.
+// At scale 3 the logits reach ~100, where rounding S·scale once or twice would differ.
+TEST(Forward, AllTrueMaskGivesTheBitsOfNoMask) {
+  Rng rng(113);
+  for (DType dtype : {DType::f32, DType::bf16})
+    for (float scale : {0.125f, 3.0f}) {
+      Inputs plain = random_inputs(rng, 1, 2, 1, 100, 1100, 32, 24);
+      plain.base.scale = scale;
+      plain.set_dtype(dtype);
+      Inputs masked = random_inputs(rng, 1, 2, 1, 100, 1100, 32, 24);
+      masked.q.storage = plain.q.storage, masked.k.storage = plain.k.storage;
+      masked.v.storage = plain.v.storage;
+      masked.base = plain.base;
+      masked.set_dtype(dtype);
+      masked.mask.emplace(DType::boolean, std::vector<std::int64_t>{100, 1100});
+      masked.mask->fill([](const Index&) { return std::uint8_t{1}; });
+      OutputBuffers a = plain.make_outputs(), b = masked.make_outputs();
+      for (Isa isa : supported_isas()) {
+        plain.run(a, isa, 2);
+        masked.run(b, isa, 2);
+        EXPECT_TRUE(same_output_bits(a, b))
+            << dtype_name(dtype) << " scale " << scale << " " << isa_name(isa);
+      }
+    }
+}
+
 }  // namespace
 }  // namespace sdpa::test

@@ -131,15 +131,15 @@ void round_row_to_bf16(float* row, std::int64_t n) {
 // from raw scores, as exp_row<true>.
 template <bool kScaled>
 float exp_row_to_bf16(float* row, std::int64_t n, float base, float scale) {
-  const V vbase = Simd::set1(base), vneg_base = Simd::set1(-base), vscale = Simd::set1(scale);
+  const V vbase = Simd::set1(base), vscale = Simd::set1(scale);
   const V log2e = Simd::set1(kLog2e);
   auto* dst = reinterpret_cast<std::uint16_t*>(row);
   V vsum = Simd::zero();
   for (std::int64_t c = 0; c < n; c += kPanel) {
     const V lo = Simd::softmax_exp2(
-        Simd::mul(logit_gap<kScaled>(row, c, vscale, vbase, vneg_base), log2e));
+        Simd::mul(logit_gap<kScaled>(row, c, vscale, vbase), log2e));
     const V hi = Simd::softmax_exp2(
-        Simd::mul(logit_gap<kScaled>(row, c + kLanes, vscale, vbase, vneg_base), log2e));
+        Simd::mul(logit_gap<kScaled>(row, c + kLanes, vscale, vbase), log2e));
     vsum = Simd::add(vsum, lo);
     vsum = Simd::add(vsum, hi);
     _mm512_storeu_si512(dst + c, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));

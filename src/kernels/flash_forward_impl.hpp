@@ -146,8 +146,8 @@ void compute_scores(const BlockState& st, const TileRanges& tr, std::int64_t t0)
 
 // Row r's logits need no pass of their own when the row sees every key of the tile and they are
 // just S·scale with scale > 0: their max is the raw scores' max times scale (rounding is monotonic,
-// so max(S·scale) = max(S)·scale exactly), and exp computes S·scale − m as it reads, in one rounding
-// (exp_row<true>, logit_gap) where logits_row's stored S·scale took two.
+// so max(S·scale) = max(S)·scale exactly), and exp forms S·scale as it reads (exp_row<true>,
+// logit_gap), rounded as logits_row would have stored it: the same bits, one pass fewer.
 bool raw_scores_row(const BlockState& st, int r, std::int64_t t0, std::int64_t n_keys) {
   const QueryBlock& b = st.block;
   return st.shape.scale > 0.0f && !(st.shape.softcap > 0.0f) && b.bias == nullptr &&
@@ -277,7 +277,7 @@ void write_weights(const BlockState& st, std::int64_t first, std::int64_t last) 
     for (int r = 0; r < b.rows; ++r) {
       const float l = st.row_sum[r];
       if (l == 0.0f) continue;
-      // The exponent as softmax_tile formed it (l sums those p): from raw scores or from logits.
+      // As softmax_tile formed the exponent (l sums those p): from raw scores or from logits.
       float* row = st.scores + r * kBlockKeys;
       if (raw_scores_row(st, r, t0, n_keys)) {
         exp_row<true>(row, n_keys, st.row_max[r], st.shape.scale);

@@ -20,6 +20,11 @@ struct Simd {
   static V load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  // x, not fused into the operation that uses it (as the AVX-512 trait's unfused).
+  static V unfused(V x) {
+    asm("" : "+x"(x));
+    return x;
+  }
   static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
   static V sub(V a, V b) { return _mm256_sub_ps(a, b); }

@@ -33,6 +33,11 @@ struct Simd {
     for (int i = 0; i < kLanes; ++i) c.lane[i] += a.lane[i] * b.lane[i];
     return c;
   }
+  // x, not fused into the operation that uses it (as the AVX-512 trait's unfused).
+  static V unfused(V x) {
+    asm("" : "+m"(x));
+    return x;
+  }
   static V mul(V a, V b) {
     for (int i = 0; i < kLanes; ++i) a.lane[i] *= b.lane[i];
     return a;

@@ -10,6 +10,12 @@ struct Simd {
   static V load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  // x, as a value the compiler may not fuse into the operation that uses it (GCC contracts a·b + c
+  // into an fma by default): a product passed through it is rounded on its own.
+  static V unfused(V x) {
+    asm("" : "+v"(x));
+    return x;
+  }
   static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static V sub(V a, V b) { return _mm512_sub_ps(a, b); }

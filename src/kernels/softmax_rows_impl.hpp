@@ -79,11 +79,13 @@ float logits_row(float* row, std::int64_t t0, std::int64_t n_keys, std::int64_t 
 }
 
 // t − base for row element c: the stored logit row[c] − base, or, when the row still holds raw
-// scores (kScaled), row[c]·scale − base in one rounding (fma; logits_row would have rounded the
-// product first). neg_base = −base.
+// scores (kScaled), row[c]·scale rounded on its own (the t logits_row would have stored) − base.
+// Not one fma: with logits near 1e30 the largest one's rounding residual (~1e22) would stay in its
+// exponent, where t − base must be exactly 0 (base is that rounded logit).
 template <bool kScaled>
-V logit_gap(const float* row, std::int64_t c, V vscale, V vbase, V vneg_base) {
-  if constexpr (kScaled) return Simd::fma(Simd::load(row + c), vscale, vneg_base);
+V logit_gap(const float* row, std::int64_t c, V vscale, V vbase) {
+  if constexpr (kScaled)
+    return Simd::sub(Simd::unfused(Simd::mul(Simd::load(row + c), vscale)), vbase);
   return Simd::sub(Simd::load(row + c), vbase);
 }
 
@@ -93,12 +95,12 @@ V logit_gap(const float* row, std::int64_t c, V vscale, V vbase, V vneg_base) {
 template <bool kScaled = false>
 float exp_row_with_moment(float* row, std::int64_t n_keys, float base, float* moment,
                           float scale = 1.0f) {
-  const V vbase = Simd::set1(base), vneg_base = Simd::set1(-base), vscale = Simd::set1(scale);
+  const V vbase = Simd::set1(base), vscale = Simd::set1(scale);
   const V log2e = Simd::set1(kLog2e);
   const V lowest = Simd::set1(-3.40282347e38f);
   V vsum = Simd::zero(), vmoment = Simd::zero();
   for (std::int64_t c = 0; c < n_keys; c += kLanes) {
-    const V x = Simd::max(lowest, logit_gap<kScaled>(row, c, vscale, vbase, vneg_base));
+    const V x = Simd::max(lowest, logit_gap<kScaled>(row, c, vscale, vbase));
     const V p = Simd::softmax_exp2(Simd::mul(x, log2e));
     Simd::store(row + c, p);
     vsum = Simd::add(vsum, p);
@@ -113,12 +115,12 @@ float exp_row_with_moment(float* row, std::int64_t n_keys, float base, float* mo
 // kScaled: row[c] = exp(row[c]·scale − base), from raw scores (logit_gap).
 template <bool kScaled = false>
 float exp_row(float* row, std::int64_t n_keys, float base, float scale = 1.0f) {
-  const V vbase = Simd::set1(base), vneg_base = Simd::set1(-base), vscale = Simd::set1(scale);
+  const V vbase = Simd::set1(base), vscale = Simd::set1(scale);
   const V log2e = Simd::set1(kLog2e);
   V vsum = Simd::zero();
   for (std::int64_t c = 0; c < n_keys; c += kLanes) {
     const V p =
-        Simd::softmax_exp2(Simd::mul(logit_gap<kScaled>(row, c, vscale, vbase, vneg_base), log2e));
+        Simd::softmax_exp2(Simd::mul(logit_gap<kScaled>(row, c, vscale, vbase), log2e));
     Simd::store(row + c, p);
     vsum = Simd::add(vsum, p);
   }
