@@ -179,6 +179,29 @@ TEST(Decode, NanValueOfAMaskedKeyReachesOnlyRowsThatSeeIt) {
   }
 }
 
+// The same with one query row per kv-head (multi-head attention at Lq = 1 runs single-row blocks):
+// head 1's mask hides key 300, whose value is NaN in both kv-heads; head 0 sees it.
+TEST(Decode, NanValueOfAMaskedKeyStaysOutOfASingleRowGroup) {
+  Rng rng(17);
+  Inputs in = random_inputs(rng, 1, 2, 2, 1, 600, 16, 16);
+  in.mask.emplace(DType::boolean, std::vector<std::int64_t>{1, 2, 1, 600});
+  in.mask->fill(
+      [&](const Index& x) { return static_cast<std::uint8_t>(x[1] != 1 || x[3] != 300); });
+  for (std::int64_t h = 0; h < 2; ++h)
+    for (std::int64_t d = 0; d < 16; ++d)
+      in.v.at({0, h, 300, d}) = std::numeric_limits<float>::quiet_NaN();
+  OutputLayouts layouts;
+  layouts.want_weights = false;  // (weights would take the prefill plan)
+  OutputBuffers buffers = in.make_outputs(layouts);
+  for (Isa isa : supported_isas()) {
+    in.run(buffers, isa, 2);
+    for (std::int64_t h = 0; h < 2; ++h)
+      for (std::int64_t d = 0; d < 16; ++d)
+        EXPECT_EQ(std::isnan(buffers.out.at({0, h, 0, d})), h == 0)
+            << "head " << h << ", column " << d << ", " << isa_name(isa);
+  }
+}
+
 // fuzz_forward's finding (fuzz/findings/fuzz_forward-row-finite-where-reference-is-not): a key the
 // row sees but whose fp32 weight underflows to 0 (logit 200 below the row's maximum) must still
 // pass an infinite value on, as the prefill kernel does (0·inf = NaN) and as the fp64 reference

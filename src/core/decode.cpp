@@ -63,7 +63,9 @@ DecodePlan make_decode_plan(const Problem& p, const DecodeSource& source) {
   plan.kernel = &decode_kernel_for(p.isa);
   const std::int64_t lanes = plan.kernel->lanes;
   plan.rows = p.group * p.len_q;
-  plan.rows_pad = round_up(plan.rows, plan.kernel->row_block);
+  // One row (multi-head attention at Lq = 1) runs the kernel's single-row blocks instead of
+  // padding to a block of row_block rows, three of them zeros.
+  plan.rows_pad = plan.rows == 1 ? 1 : round_up(plan.rows, plan.kernel->row_block);
   plan.dim_k_pad = round_up(p.dim_k, lanes);
   plan.dim_v_pad = round_up(p.dim_v, lanes);
   plan.groups = p.batch * p.heads_kv;

@@ -23,7 +23,8 @@ enum class RowType : std::uint8_t { f32, bf16, i8 };
 /// Lq).
 struct DecodeRows {
   int rows = 0;              // R
-  int rows_pad = 0;          // R rounded up to DecodeKernel::row_block (padding rows are zero)
+  int rows_pad = 0;          // 1 when R = 1, else R rounded up to DecodeKernel::row_block
+                             // (padding rows are zero)
   const float* q = nullptr;  // [rows_pad][dim_k_pad], zero padded: the kernel's dot products
   // For each row: visible keys [key_begin[r], key_end[r]) (mask.hpp) and, when given, the bool mask
   // and the bias of that row at key 0 (element j at mask[r][j · mask_stride]).
@@ -70,7 +71,7 @@ struct ChunkState {
 struct DecodeKernel {
   const char* name = "";
   int lanes = 0;      // vector width in floats: dim_k_pad and dim_v_pad are multiples of it
-  int row_block = 0;  // rows_pad is a multiple of it
+  int row_block = 0;  // rows_pad is a multiple of it, or 1 (one row: single-row blocks)
   /// One chunk of keys for every row. `scores` is scratch of rows_pad · round_up(count, lanes)
   /// floats.
   void (*chunk)(const DecodeShape&, const DecodeRows&, const DecodeChunk&, const ChunkState&,

@@ -240,19 +240,20 @@ template <RowType kType>
 #endif
 }
 
-// The same for one key (the chunk's last count mod kTreeKeys keys): one horizontal sum per row.
-template <RowType kType>
+// The same for one key (the chunk's last keys past whole blocks): one horizontal sum per row, for
+// kRows rows (kRowBlock, or 1 for a single row).
+template <RowType kType, int kRows = kRowBlock>
 void score_one(const float* q, std::int64_t dk, const DecodeChunk& chunk, int c, float* scores,
                std::int64_t ld) {
-  V acc[kRowBlock];
+  V acc[kRows];
 #pragma GCC unroll 4
-  for (int i = 0; i < kRowBlock; ++i) acc[i] = Simd::zero();
+  for (int i = 0; i < kRows; ++i) acc[i] = Simd::zero();
   std::int64_t d = 0;
   for (; d + 2 * kLanes <= dk; d += 2 * kLanes) {
     V k0, k1;
     load_pair<kType>(chunk.k_rows[c], d, k0, k1);
 #pragma GCC unroll 4
-    for (int i = 0; i < kRowBlock; ++i) {
+    for (int i = 0; i < kRows; ++i) {
       acc[i] = Simd::fma(Simd::load(q + i * dk + d), k0, acc[i]);
       acc[i] = Simd::fma(Simd::load(q + i * dk + d + kLanes), k1, acc[i]);
     }
@@ -260,10 +261,44 @@ void score_one(const float* q, std::int64_t dk, const DecodeChunk& chunk, int c,
   if (d < dk) {
     const V k = load_elements<kType>(chunk.k_rows[c], d);
 #pragma GCC unroll 4
-    for (int i = 0; i < kRowBlock; ++i) acc[i] = Simd::fma(Simd::load(q + i * dk + d), k, acc[i]);
+    for (int i = 0; i < kRows; ++i) acc[i] = Simd::fma(Simd::load(q + i * dk + d), k, acc[i]);
   }
 #pragma GCC unroll 4
-  for (int i = 0; i < kRowBlock; ++i) scores[i * ld + c] = Simd::reduce_add(acc[i]);
+  for (int i = 0; i < kRows; ++i) scores[i * ld + c] = Simd::reduce_add(acc[i]);
+}
+
+// scores[c .. c + kLanes) = q · k_c for a single query row (multi-head attention at Lq = 1): one
+// accumulator chain per key, the query vectors loaded once per step for all kLanes keys, the
+// kLanes dot products summed by one transpose_sum (a block of kRowBlock rows would be three
+// quarters zero rows).
+template <RowType kType>
+[[gnu::always_inline]] inline void score_block_single(const float* q, std::int64_t dk,
+                                                      const DecodeChunk& chunk, int c,
+                                                      float* scores) {
+  V acc[kLanes];
+#pragma GCC unroll 16
+  for (int n = 0; n < kLanes; ++n) acc[n] = Simd::zero();
+  for (int n = 0; n < kLanes; ++n)
+    if (c + n + kPrefetchKeys < chunk.count)
+      prefetch_row<kType>(chunk.k_rows[c + n + kPrefetchKeys], dk);
+  std::int64_t d = 0;
+  for (; d + 2 * kLanes <= dk; d += 2 * kLanes) {
+    const V q0 = Simd::load(q + d), q1 = Simd::load(q + d + kLanes);
+#pragma GCC unroll 16
+    for (int n = 0; n < kLanes; ++n) {
+      V k0, k1;
+      load_pair<kType>(chunk.k_rows[c + n], d, k0, k1);
+      acc[n] = Simd::fma(q0, k0, acc[n]);
+      acc[n] = Simd::fma(q1, k1, acc[n]);
+    }
+  }
+  if (d < dk) {  // a last single vector
+    const V qv = Simd::load(q + d);
+#pragma GCC unroll 16
+    for (int n = 0; n < kLanes; ++n)
+      acc[n] = Simd::fma(qv, load_elements<kType>(chunk.k_rows[c + n], d), acc[n]);
+  }
+  Simd::store(scores + c, transpose_sum(acc));
 }
 
 // row[c] *= scales[c] for c < count (int8 rows: the key scale onto each score, the value scale
@@ -280,7 +315,17 @@ void chunk_scores(const DecodeShape& shape, const DecodeRows& rows, const Decode
                   float* scores, std::int64_t ld) {
   const std::int64_t dk = shape.dim_k_pad;
   alignas(64) float permuted[kEvenOdd<kType> ? kRowBlock * kMaxDim : 1];
-  for (int r0 = 0; r0 < rows.rows_pad; r0 += kRowBlock) {
+  if (rows.rows_pad == 1) {
+    const float* q = rows.q;
+    if constexpr (kEvenOdd<kType>) {
+      permute_pairs<kType>(q, dk, permuted);
+      q = permuted;
+    }
+    int c = 0;
+    for (; c + kLanes <= chunk.count; c += kLanes) score_block_single<kType>(q, dk, chunk, c, scores);
+    for (; c < chunk.count; ++c) score_one<kType, 1>(q, dk, chunk, c, scores, ld);
+  }
+  for (int r0 = 0; rows.rows_pad > 1 && r0 < rows.rows_pad; r0 += kRowBlock) {  // blocks of rows
     const float* q = rows.q + r0 * dk;
     if constexpr (kEvenOdd<kType>) {
       for (int i = 0; i < kRowBlock; ++i) permute_pairs<kType>(q + i * dk, dk, permuted + i * dk);
@@ -305,13 +350,13 @@ inline bool hidden(float w) { return w == 0.0f && __builtin_signbit(w); }
 // acc[r][d0 .. d0 + (2·kPairs + kSingle)·kLanes) = Σ_c P[r][c]·v_c for one register block of rows
 // (P already times the int8 value scale). kAllVisible: every row of the call sees every key of the
 // chunk (no −0 weight), so no weight is tested.
-template <RowType kType, int kPairs, int kSingle, bool kAllVisible>
+template <RowType kType, int kPairs, int kSingle, bool kAllVisible, int kRows = kRowBlock>
 void value_block(const DecodeChunk& chunk, const float* p, std::int64_t ld, int r0, std::int64_t d0,
                  float* acc_out, std::int64_t acc_ld, std::int64_t dv) {
   constexpr int kVectors = 2 * kPairs + kSingle;
-  V acc[kRowBlock][kVectors];
+  V acc[kRows][kVectors];
 #pragma GCC unroll 4
-  for (int i = 0; i < kRowBlock; ++i)
+  for (int i = 0; i < kRows; ++i)
 #pragma GCC unroll 8
     for (int x = 0; x < kVectors; ++x) acc[i][x] = Simd::zero();
   const float* w_row = p + r0 * ld;
@@ -325,7 +370,7 @@ void value_block(const DecodeChunk& chunk, const float* p, std::int64_t ld, int 
     if constexpr (!kAllVisible) {
       bool any = false;
 #pragma GCC unroll 4
-      for (int i = 0; i < kRowBlock; ++i) {
+      for (int i = 0; i < kRows; ++i) {
         any |= !hidden(w_row[i * ld + c]);
         all &= !hidden(w_row[i * ld + c]);
       }
@@ -339,7 +384,7 @@ void value_block(const DecodeChunk& chunk, const float* p, std::int64_t ld, int 
       v[kVectors - 1] = load_elements<kType>(chunk.v_rows[c], d0 + 2 * kPairs * kLanes);
     if (all) {  // the usual case: every row sees the key, no branch per row
 #pragma GCC unroll 4
-      for (int i = 0; i < kRowBlock; ++i) {
+      for (int i = 0; i < kRows; ++i) {
         const V w = Simd::set1(w_row[i * ld + c]);
 #pragma GCC unroll 8
         for (int x = 0; x < kVectors; ++x) acc[i][x] = Simd::fma(w, v[x], acc[i][x]);
@@ -347,7 +392,7 @@ void value_block(const DecodeChunk& chunk, const float* p, std::int64_t ld, int 
       continue;
     }
 #pragma GCC unroll 4
-    for (int i = 0; i < kRowBlock; ++i) {
+    for (int i = 0; i < kRows; ++i) {
       if (hidden(w_row[i * ld + c])) continue;  // masked: its value is not read
       const V w = Simd::set1(w_row[i * ld + c]);
 #pragma GCC unroll 8
@@ -355,7 +400,7 @@ void value_block(const DecodeChunk& chunk, const float* p, std::int64_t ld, int 
     }
   }
 #pragma GCC unroll 4
-  for (int i = 0; i < kRowBlock; ++i) {
+  for (int i = 0; i < kRows; ++i) {
     float* out = acc_out + (r0 + i) * acc_ld + d0;
 #pragma GCC unroll 4
     for (int x = 0; x < kPairs; ++x)
@@ -370,6 +415,21 @@ template <RowType kType, bool kAllVisible>
 void chunk_values(const DecodeShape& shape, const DecodeRows& rows, const DecodeChunk& chunk,
                   const float* p, std::int64_t ld, float* acc) {
   const std::int64_t dv = shape.dim_v_pad;
+  if (rows.rows_pad == 1) {  // a single row: one register block of 1 row
+    for (std::int64_t d0 = 0; d0 < dv;) {
+      const std::int64_t vectors = (dv - d0) / kLanes;
+      if (vectors >= 2 * kValuePairs)
+        value_block<kType, kValuePairs, 0, kAllVisible, 1>(chunk, p, ld, 0, d0, acc, dv, dv);
+      else if (vectors == 3)
+        value_block<kType, 1, 1, kAllVisible, 1>(chunk, p, ld, 0, d0, acc, dv, dv);
+      else if (vectors == 2)
+        value_block<kType, 1, 0, kAllVisible, 1>(chunk, p, ld, 0, d0, acc, dv, dv);
+      else
+        value_block<kType, 0, 1, kAllVisible, 1>(chunk, p, ld, 0, d0, acc, dv, dv);
+      d0 += std::min<std::int64_t>(vectors, 2 * kValuePairs) * kLanes;
+    }
+    return;
+  }
   for (std::int64_t d0 = 0; d0 < dv;) {
     const std::int64_t vectors = (dv - d0) / kLanes;
     for (int r0 = 0; r0 < rows.rows_pad; r0 += kRowBlock) {
