@@ -60,9 +60,9 @@ class Shape:
 # ---- the peers ------------------------------------------------------------------------------------
 # Each prepare(q, k, v, dout, causal, threads) converts the [B, H, L, D] float32 inputs once and
 # returns (forward, forward_backward or None, forward output as NumPy for the check).
-# The bf16 rows (--dtypes bf16) call PEERS_BF16's prepare(q, k, v, causal, threads) instead, with
-# q, k, v already rounded to bfloat16 (float32 arrays holding bf16 values): forward only, each peer
-# in its own bf16 mode.
+# The bf16 rows (--dtypes bf16) call PEERS_BF16's preparers instead, with q, k, v already rounded
+# to bfloat16 (float32 arrays holding bf16 values): forward only (no forward_backward), each peer in
+# its own bf16 mode.
 
 Call = Callable[[], object]
 
@@ -139,17 +139,19 @@ def prepare_onnxruntime(q, k, v, dout, causal, threads):
     return forward, None, output
 
 
-def prepare_openvino(q, k, v, dout, causal, threads):
-    """OpenVINO's ScaledDotProductAttention op (opset 13), f32 inference precision."""
+def prepare_openvino(q, k, v, dout, causal, threads, precision="f32"):
+    """OpenVINO's ScaledDotProductAttention op (opset 13), float32 in and out, computing in
+    `precision` (INFERENCE_PRECISION_HINT)."""
     import openvino as ov
     import openvino.opset13 as ops
 
     batch, heads, _, dim = q.shape
     params = [ops.parameter([batch, heads, -1, dim], ov.Type.f32, name=n) for n in ("q", "k", "v")]
     model = ov.Model([ops.scaled_dot_product_attention(*params, causal=causal)], params)
-    # f32, not the bf16 OpenVINO would pick by itself on a CPU with AVX512-BF16.
+    # The float32 rows ask for f32, not the bf16 OpenVINO would pick by itself on a CPU with
+    # AVX512-BF16.
     compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                      "INFERENCE_PRECISION_HINT": "f32"})
+                                                      "INFERENCE_PRECISION_HINT": precision})
     request = compiled.create_infer_request()
 
     def forward():
@@ -226,7 +228,7 @@ def _bfloat16(a):
     return a.astype(ml_dtypes.bfloat16)
 
 
-def prepare_sdpa_bf16(q, k, v, causal, threads):
+def prepare_sdpa_bf16(q, k, v, dout, causal, threads):
     """ml_dtypes.bfloat16 NumPy arrays in, bfloat16 out (vdpbf16ps on AVX512_BF16)."""
     import sdpa
 
@@ -235,10 +237,10 @@ def prepare_sdpa_bf16(q, k, v, causal, threads):
     def forward():
         return sdpa.scaled_dot_product_attention(bq, bk, bv, is_causal=causal, threads=threads)
 
-    return forward, lambda: forward().astype("float32")
+    return forward, None, lambda: forward().astype("float32")
 
 
-def prepare_torch_bf16(q, k, v, causal, threads):
+def prepare_torch_bf16(q, k, v, dout, causal, threads):
     import torch
     import torch.nn.functional as F
 
@@ -249,29 +251,16 @@ def prepare_torch_bf16(q, k, v, causal, threads):
         with torch.no_grad():
             return F.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
 
-    return forward, lambda: forward().float().numpy()
+    return forward, None, lambda: forward().float().numpy()
 
 
-def prepare_openvino_bf16(q, k, v, causal, threads):
-    """OpenVINO's SDPA op with INFERENCE_PRECISION_HINT bf16 (its own bf16 mode on AVX512_BF16),
-    float32 in and out as OpenVINO is used (with bf16 parameters it ran 2x slower here)."""
-    import openvino as ov
-    import openvino.opset13 as ops
-
-    batch, heads, _, dim = q.shape
-    params = [ops.parameter([batch, heads, -1, dim], ov.Type.f32, name=n) for n in ("q", "k", "v")]
-    model = ov.Model([ops.scaled_dot_product_attention(*params, causal=causal)], params)
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                      "INFERENCE_PRECISION_HINT": "bf16"})
-    request = compiled.create_infer_request()
-
-    def forward():
-        return request.infer([q, k, v], share_inputs=True, share_outputs=True)
-
-    return forward, lambda: forward()[0].copy()
+def prepare_openvino_bf16(q, k, v, dout, causal, threads):
+    """OpenVINO's own bf16 mode (AVX512_BF16), float32 in and out as OpenVINO is used (with bf16
+    parameters it ran 2x slower here)."""
+    return prepare_openvino(q, k, v, dout, causal, threads, precision="bf16")
 
 
-def prepare_jax_bf16(q, k, v, causal, threads):
+def prepare_jax_bf16(q, k, v, dout, causal, threads):
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -283,7 +272,7 @@ def prepare_jax_bf16(q, k, v, causal, threads):
     def forward():
         return forward_jit(jq, jk, jv).block_until_ready()
 
-    return forward, lambda: np.asarray(forward(), dtype=np.float32).transpose(0, 2, 1, 3)
+    return forward, None, lambda: np.asarray(forward(), dtype=np.float32).transpose(0, 2, 1, 3)
 
 
 PEERS_BF16: Dict[str, Callable] = {
@@ -358,13 +347,20 @@ def run_shape(shape: Shape, peers: List[str], threads: int, args) -> Tuple[dict,
     k = rng.standard_normal((1, shape.heads, shape.len_k, shape.dim), dtype=np.float32)
     v = rng.standard_normal((1, shape.heads, shape.len_k, shape.dim), dtype=np.float32)
     dout = rng.standard_normal(q.shape, dtype=np.float32)
-    if shape.dtype == "bf16":
-        return run_shape_bf16(shape, peers, threads, args, q, k, v)
+    bf16 = shape.dtype == "bf16"
+    if bf16:  # the values every peer gets
+        q, k, v = (_bfloat16(a).astype(np.float32) for a in (q, k, v))
+    preparers = PEERS_BF16 if bf16 else PEERS
+    # Outputs agree within float32 rounding, or two bf16 roundings of outputs of magnitude < 4.
+    tolerance = 3e-2 if bf16 else 1e-3
     forward_calls: Dict[str, Call] = {}
     backward_calls: Dict[str, Call] = {}
     notes: Dict[str, str] = {}
     reference = None
     for name in peers:
+        if bf16 and name not in PEERS_BF16:
+            notes[name] = BF16_NOT_RUN.get(name, "no bf16 variant here")
+            continue
         if name in SLOW_PEERS and shape.len_q * shape.len_k > args.slow_max_len**2:
             notes[name] = (f"not run above L = {args.slow_max_len} (--slow-max-len): it forms the "
                            "whole score matrix, 3-10× slower than sdpa at L = 2048 already, and "
@@ -375,7 +371,8 @@ def run_shape(shape: Shape, peers: List[str], threads: int, args) -> Tuple[dict,
             notes[name] = f"skipped: needs ~{quadratic_gb(shape, buffers[0]):.0f} GB of scores"
             continue
         try:
-            forward, forward_backward, output = PEERS[name](q, k, v, dout, shape.causal, threads)
+            forward, forward_backward, output = preparers[name](q, k, v, dout, shape.causal,
+                                                                threads)
             result = np.asarray(output(), dtype=np.float32)
         except Exception as error:  # a peer that cannot run this shape is reported, not fatal
             notes[name] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:100]}"
@@ -383,7 +380,7 @@ def run_shape(shape: Shape, peers: List[str], threads: int, args) -> Tuple[dict,
         if reference is None:
             reference = result
         difference = float(np.abs(result - reference).max())
-        if not difference < 1e-3:
+        if not difference < tolerance:
             notes[name] = f"wrong result: max|peer - sdpa| = {difference:.2g}"
             continue
         forward_calls[name] = forward
@@ -398,38 +395,6 @@ def run_shape(shape: Shape, peers: List[str], threads: int, args) -> Tuple[dict,
     backward_times = (interleaved_medians(backward_calls, budget, args.min_reps, args.max_reps)
                       if backward_calls else {})
     return forward_times, backward_times, notes
-
-
-def run_shape_bf16(shape: Shape, peers: List[str], threads: int, args, q, k, v):
-    """Forward only, bf16 inputs: every peer's output within bf16 accuracy of sdpa's."""
-    import numpy as np
-
-    q, k, v = (_bfloat16(a).astype(np.float32) for a in (q, k, v))  # the values every peer gets
-    calls: Dict[str, Call] = {}
-    notes: Dict[str, str] = {}
-    reference = None
-    for name in peers:
-        if name not in PEERS_BF16:
-            notes[name] = BF16_NOT_RUN.get(name, "no bf16 variant here")
-            continue
-        if name in SLOW_PEERS and shape.len_q * shape.len_k > args.slow_max_len**2:
-            notes[name] = f"not run above L = {args.slow_max_len} (--slow-max-len)"
-            continue
-        try:
-            forward, output = PEERS_BF16[name](q, k, v, shape.causal, threads)
-            result = np.asarray(output(), dtype=np.float32)
-        except Exception as error:  # a peer that cannot run this shape is reported, not fatal
-            notes[name] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:100]}"
-            continue
-        if reference is None:
-            reference = result
-        difference = float(np.abs(result - reference).max())
-        if not difference < 3e-2:  # two bf16 roundings of outputs of magnitude < 4
-            notes[name] = f"wrong result: max|peer - sdpa| = {difference:.2g}"
-            continue
-        calls[name] = forward
-    budget = args.budget * (shape.len_q * shape.len_k / 2048**2) ** 0.5
-    return interleaved_medians(calls, budget, args.min_reps, args.max_reps), {}, notes
 
 
 # ---- report -----------------------------------------------------------------------------------------
