@@ -324,18 +324,19 @@ void chunk_scores(const DecodeShape& shape, const DecodeRows& rows, const Decode
     int c = 0;
     for (; c + kLanes <= chunk.count; c += kLanes) score_block_single<kType>(q, dk, chunk, c, scores);
     for (; c < chunk.count; ++c) score_one<kType, 1>(q, dk, chunk, c, scores, ld);
-  }
-  for (int r0 = 0; rows.rows_pad > 1 && r0 < rows.rows_pad; r0 += kRowBlock) {  // blocks of rows
-    const float* q = rows.q + r0 * dk;
-    if constexpr (kEvenOdd<kType>) {
-      for (int i = 0; i < kRowBlock; ++i) permute_pairs<kType>(q + i * dk, dk, permuted + i * dk);
-      q = permuted;
+  } else {
+    for (int r0 = 0; r0 < rows.rows_pad; r0 += kRowBlock) {
+      const float* q = rows.q + r0 * dk;
+      if constexpr (kEvenOdd<kType>) {
+        for (int i = 0; i < kRowBlock; ++i) permute_pairs<kType>(q + i * dk, dk, permuted + i * dk);
+        q = permuted;
+      }
+      float* block = scores + r0 * ld;
+      int c = 0;
+      for (; c + kTreeKeys <= chunk.count; c += kTreeKeys)
+        score_block_tree<kType>(q, dk, chunk, c, r0 == 0, block, ld);
+      for (; c < chunk.count; ++c) score_one<kType>(q, dk, chunk, c, block, ld);
     }
-    float* block = scores + r0 * ld;
-    int c = 0;
-    for (; c + kTreeKeys <= chunk.count; c += kTreeKeys)
-      score_block_tree<kType>(q, dk, chunk, c, r0 == 0, block, ld);
-    for (; c < chunk.count; ++c) score_one<kType>(q, dk, chunk, c, block, ld);
   }
   if constexpr (kType == RowType::i8)
     for (int r = 0; r < rows.rows_pad; ++r) scale_row(scores + r * ld, chunk.k_scales, chunk.count);
@@ -411,37 +412,31 @@ void value_block(const DecodeChunk& chunk, const float* p, std::int64_t ld, int 
 
 constexpr int kValuePairs = kLanes >= 16 ? 2 : 1;  // pairs of value vectors per register block
 
+// One value_block of kRows rows from column d0 on, as wide as the `vectors` vectors left allow.
+template <RowType kType, bool kAllVisible, int kRows>
+void value_pass(const DecodeChunk& chunk, const float* p, std::int64_t ld, int r0, std::int64_t d0,
+                std::int64_t vectors, float* acc, std::int64_t dv) {
+  if (vectors >= 2 * kValuePairs)
+    value_block<kType, kValuePairs, 0, kAllVisible, kRows>(chunk, p, ld, r0, d0, acc, dv, dv);
+  else if (vectors == 3)
+    value_block<kType, 1, 1, kAllVisible, kRows>(chunk, p, ld, r0, d0, acc, dv, dv);
+  else if (vectors == 2)
+    value_block<kType, 1, 0, kAllVisible, kRows>(chunk, p, ld, r0, d0, acc, dv, dv);
+  else
+    value_block<kType, 0, 1, kAllVisible, kRows>(chunk, p, ld, r0, d0, acc, dv, dv);
+}
+
 template <RowType kType, bool kAllVisible>
 void chunk_values(const DecodeShape& shape, const DecodeRows& rows, const DecodeChunk& chunk,
                   const float* p, std::int64_t ld, float* acc) {
   const std::int64_t dv = shape.dim_v_pad;
-  if (rows.rows_pad == 1) {  // a single row: one register block of 1 row
-    for (std::int64_t d0 = 0; d0 < dv;) {
-      const std::int64_t vectors = (dv - d0) / kLanes;
-      if (vectors >= 2 * kValuePairs)
-        value_block<kType, kValuePairs, 0, kAllVisible, 1>(chunk, p, ld, 0, d0, acc, dv, dv);
-      else if (vectors == 3)
-        value_block<kType, 1, 1, kAllVisible, 1>(chunk, p, ld, 0, d0, acc, dv, dv);
-      else if (vectors == 2)
-        value_block<kType, 1, 0, kAllVisible, 1>(chunk, p, ld, 0, d0, acc, dv, dv);
-      else
-        value_block<kType, 0, 1, kAllVisible, 1>(chunk, p, ld, 0, d0, acc, dv, dv);
-      d0 += std::min<std::int64_t>(vectors, 2 * kValuePairs) * kLanes;
-    }
-    return;
-  }
   for (std::int64_t d0 = 0; d0 < dv;) {
     const std::int64_t vectors = (dv - d0) / kLanes;
-    for (int r0 = 0; r0 < rows.rows_pad; r0 += kRowBlock) {
-      if (vectors >= 2 * kValuePairs)
-        value_block<kType, kValuePairs, 0, kAllVisible>(chunk, p, ld, r0, d0, acc, dv, dv);
-      else if (vectors == 3)
-        value_block<kType, 1, 1, kAllVisible>(chunk, p, ld, r0, d0, acc, dv, dv);
-      else if (vectors == 2)
-        value_block<kType, 1, 0, kAllVisible>(chunk, p, ld, r0, d0, acc, dv, dv);
-      else
-        value_block<kType, 0, 1, kAllVisible>(chunk, p, ld, r0, d0, acc, dv, dv);
-    }
+    if (rows.rows_pad == 1)  // a single row: one register block of 1 row
+      value_pass<kType, kAllVisible, 1>(chunk, p, ld, 0, d0, vectors, acc, dv);
+    else
+      for (int r0 = 0; r0 < rows.rows_pad; r0 += kRowBlock)
+        value_pass<kType, kAllVisible, kRowBlock>(chunk, p, ld, r0, d0, vectors, acc, dv);
     d0 += std::min<std::int64_t>(vectors, 2 * kValuePairs) * kLanes;
   }
 }
