@@ -134,6 +134,17 @@ void prefetch_row(const void* row, std::int64_t elements) {
     __builtin_prefetch(bytes + b);
 }
 
+// Prefetches row `ahead` of the order a chunk reads its rows in: its key rows (the score pass),
+// then its value rows (the value pass). The score pass asks kPrefetchKeys rows ahead of itself, so
+// toward its end it brings in the first value rows and the value pass does not start on a stall.
+template <RowType kType>
+void prefetch_ahead(const DecodeChunk& chunk, int ahead, std::int64_t dk, std::int64_t dv) {
+  if (ahead < chunk.count)
+    prefetch_row<kType>(chunk.k_rows[ahead], dk);
+  else if (ahead < 2 * chunk.count)
+    prefetch_row<kType>(chunk.v_rows[ahead - chunk.count], dv);
+}
+
 // Horizontal sums of kLanes vectors at once: lane j of the result = Σ lanes of a[j]. A
 // transpose-add tree (log2 kLanes levels of two shuffles and one add, each level halving the vector
 // count): 15 shuffle+add steps for 16 sums on AVX-512 where 16 separate reductions take 4 each.
@@ -186,18 +197,18 @@ constexpr int kMaxDim = 1024;  // the largest padded head dimension (core/decode
 // scores[r][c .. c + kTreeKeys) = q_r · k_c for the kRowBlock rows of `q` (load_pair's layout,
 // row stride dk): kLanes accumulator chains (row i, key n at index i·kTreeKeys + n), each key
 // vector widened once and each query vector loaded once per step, the kLanes dot products summed by
-// one transpose_sum.
+// one transpose_sum. `prefetch`: ask for the rows kPrefetchKeys ahead (dv: value row elements).
 template <RowType kType>
 [[gnu::always_inline]] inline void score_block_tree(const float* q, std::int64_t dk,
-                                                    const DecodeChunk& chunk, int c, bool prefetch,
-                                                    float* scores, std::int64_t ld) {
+                                                    std::int64_t dv, const DecodeChunk& chunk,
+                                                    int c, bool prefetch, float* scores,
+                                                    std::int64_t ld) {
   V acc[kLanes];
 #pragma GCC unroll 16
   for (int j = 0; j < kLanes; ++j) acc[j] = Simd::zero();
   if (prefetch)
     for (int n = 0; n < kTreeKeys; ++n)
-      if (c + n + kPrefetchKeys < chunk.count)
-        prefetch_row<kType>(chunk.k_rows[c + n + kPrefetchKeys], dk);
+      prefetch_ahead<kType>(chunk, c + n + kPrefetchKeys, dk, dv);
   std::int64_t d = 0;
   for (; d + 2 * kLanes <= dk; d += 2 * kLanes) {
     V k0[kTreeKeys], k1[kTreeKeys];
@@ -273,14 +284,12 @@ void score_one(const float* q, std::int64_t dk, const DecodeChunk& chunk, int c,
 // quarters zero rows).
 template <RowType kType>
 [[gnu::always_inline]] inline void score_block_single(const float* q, std::int64_t dk,
-                                                      const DecodeChunk& chunk, int c,
-                                                      float* scores) {
+                                                      std::int64_t dv, const DecodeChunk& chunk,
+                                                      int c, float* scores) {
   V acc[kLanes];
 #pragma GCC unroll 16
   for (int n = 0; n < kLanes; ++n) acc[n] = Simd::zero();
-  for (int n = 0; n < kLanes; ++n)
-    if (c + n + kPrefetchKeys < chunk.count)
-      prefetch_row<kType>(chunk.k_rows[c + n + kPrefetchKeys], dk);
+  for (int n = 0; n < kLanes; ++n) prefetch_ahead<kType>(chunk, c + n + kPrefetchKeys, dk, dv);
   std::int64_t d = 0;
   for (; d + 2 * kLanes <= dk; d += 2 * kLanes) {
     const V q0 = Simd::load(q + d), q1 = Simd::load(q + d + kLanes);
@@ -313,7 +322,7 @@ inline void scale_row(float* row, const float* scales, int count) {
 template <RowType kType>
 void chunk_scores(const DecodeShape& shape, const DecodeRows& rows, const DecodeChunk& chunk,
                   float* scores, std::int64_t ld) {
-  const std::int64_t dk = shape.dim_k_pad;
+  const std::int64_t dk = shape.dim_k_pad, dv = shape.dim_v_pad;
   alignas(64) float permuted[kEvenOdd<kType> ? kRowBlock * kMaxDim : 1];
   if (rows.rows_pad == 1) {
     const float* q = rows.q;
@@ -322,7 +331,7 @@ void chunk_scores(const DecodeShape& shape, const DecodeRows& rows, const Decode
       q = permuted;
     }
     int c = 0;
-    for (; c + kLanes <= chunk.count; c += kLanes) score_block_single<kType>(q, dk, chunk, c, scores);
+    for (; c + kLanes <= chunk.count; c += kLanes) score_block_single<kType>(q, dk, dv, chunk, c, scores);
     for (; c < chunk.count; ++c) score_one<kType, 1>(q, dk, chunk, c, scores, ld);
   } else {
     for (int r0 = 0; r0 < rows.rows_pad; r0 += kRowBlock) {
@@ -334,7 +343,7 @@ void chunk_scores(const DecodeShape& shape, const DecodeRows& rows, const Decode
       float* block = scores + r0 * ld;
       int c = 0;
       for (; c + kTreeKeys <= chunk.count; c += kTreeKeys)
-        score_block_tree<kType>(q, dk, chunk, c, r0 == 0, block, ld);
+        score_block_tree<kType>(q, dk, dv, chunk, c, r0 == 0, block, ld);
       for (; c < chunk.count; ++c) score_one<kType>(q, dk, chunk, c, block, ld);
     }
   }
