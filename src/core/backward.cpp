@@ -162,10 +162,19 @@ void copy_row(const View4<const float>& src, std::int64_t b, std::int64_t h, std
   for (; c < n; ++c) dst[c] = 0.0f;
 }
 
-// dst[panel][d][n] = src(key panel·NR + n, d): the transposed-panel layout (Kᵀ, Vᵀ).
-void pack_transposed_panels(const View4<const float>& src, std::int64_t b, std::int64_t h,
-                            std::int64_t len, std::int64_t len_pad, std::int64_t dim,
-                            std::int64_t nr, float* dst) {
+// dst[panel][d][n] = src(key panel·NR + n, d): the transposed-panel layout (Kᵀ, Vᵀ). Rows of
+// contiguous elements go through the kernel's register transposes.
+void pack_transposed_panels(const BackwardKernel& kernel, const View4<const float>& src,
+                            std::int64_t b, std::int64_t h, std::int64_t len, std::int64_t len_pad,
+                            std::int64_t dim, std::int64_t nr, float* dst) {
+  if (src.s3 == 1) {
+    for (std::int64_t j0 = 0; j0 < len_pad; j0 += nr) {
+      const auto rows = static_cast<int>(std::clamp<std::int64_t>(len - j0, 0, nr));
+      kernel.transpose_panel(rows > 0 ? &src.at(b, h, j0, 0) : nullptr, src.s2, rows, dim,
+                             dst + j0 * dim);
+    }
+    return;
+  }
   std::vector<float> row(static_cast<std::size_t>(dim));
   for (std::int64_t j0 = 0; j0 < len_pad; j0 += nr) {
     float* panel = dst + j0 * dim;
@@ -207,9 +216,9 @@ void pack_keys_values_part(const BackwardProblem& bp, const BackwardPlan& plan, 
   // they hold (NaN in an unused cache slot) must not reach a gradient as 0·NaN.
   const std::int64_t len = p.key_length(b);
   if (part == 0)
-    pack_transposed_panels(p.k, b, hk, len, plan.len_k_pad, p.dim_k, plan.nr, group + l.k_panels);
+    pack_transposed_panels(*plan.kernel, p.k, b, hk, len, plan.len_k_pad, p.dim_k, plan.nr, group + l.k_panels);
   else if (part == 1)
-    pack_transposed_panels(p.v, b, hk, len, plan.len_k_pad, p.dim_v, plan.nr, group + l.vt_panels);
+    pack_transposed_panels(*plan.kernel, p.v, b, hk, len, plan.len_k_pad, p.dim_v, plan.nr, group + l.vt_panels);
   else
     pack_column_panels(p.k, b, hk, len, plan.len_k_pad, p.dim_k, plan.dim_k_pad, plan.nr,
                        group + l.k_rows);

@@ -111,6 +111,14 @@ void pack_keys_from(const Problem& p, const View4<const T>& k, const Plan& plan,
   const std::int64_t nr = plan.panel;
   for (std::int64_t panel = panel_begin; panel < panel_end; ++panel) {
     float* dst = k_panels + panel * p.dim_k * nr;
+    if constexpr (std::is_same_v<T, float>) {
+      if (k.s3 == 1) {  // rows of contiguous elements: the kernel's register transposes
+        const auto rows = static_cast<int>(std::clamp<std::int64_t>(p.key_length(b) - panel * nr, 0, nr));
+        plan.kernel->transpose_panel(rows > 0 ? &k.at(b, hk, panel * nr, 0) : nullptr, k.s2, rows,
+                                     p.dim_k, dst);
+        continue;
+      }
+    }
     for (std::int64_t n = 0; n < nr; ++n) {
       const std::int64_t j = panel * nr + n;
       if (j >= p.key_length(b)) {
@@ -149,6 +157,10 @@ void pack_values_from(const Problem& p, const View4<const T>& v, const Plan& pla
       if (j < p.key_length(b)) {
         const T* src = &v.at(b, hk, j, col0);
         if constexpr (std::is_same_v<T, float>) {
+          if (v.s3 == 1) {
+            std::memcpy(dst, src, static_cast<std::size_t>(cols) * sizeof(float));
+            c = cols;
+          }
           for (; c < cols; ++c) dst[c] = src[c * v.s3];
         } else {
           for (; c < cols; ++c) dst[c] = widen(src[c * v.s3], p.dtype);

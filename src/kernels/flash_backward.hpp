@@ -66,6 +66,9 @@ struct BackwardKernel {
   int block_rows = 0;  // query rows per tile (a multiple of the microkernel's rows)
   int block_keys = 0;  // keys per tile (a multiple of NR and of the microkernel's rows)
   void (*tile)(const BackwardTile&, const BackwardScratch&) = nullptr;
+  /// One transposed panel (Kᵀ, Vᵀ): as FlashKernel::transpose_panel.
+  void (*transpose_panel)(const float* src, std::int64_t row_stride, int rows, std::int64_t dim,
+                          float* dst) = nullptr;
 };
 
 const BackwardKernel& backward_kernel_scalar();

@@ -189,7 +189,8 @@ void backward_tile(const BackwardTile& t, const BackwardScratch& s) {
 }  // namespace
 
 const BackwardKernel& backward_kernel() {
-  static const BackwardKernel k{SDPA_KERNEL_NAME, kPanel, kBackwardRows, kBackwardKeys, &backward_tile};
+  static const BackwardKernel k{SDPA_KERNEL_NAME, kPanel,         kBackwardRows,
+                                kBackwardKeys,    &backward_tile, &transpose_panel};
   return k;
 }
 

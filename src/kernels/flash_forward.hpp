@@ -85,6 +85,10 @@ struct FlashKernel {
                         const Scratch&) = nullptr;
   /// values[0..n) = tanh(values[0..n)) with the kernels' vectorized tanh (for accuracy tests).
   void (*tanh)(float* values, std::int64_t n) = nullptr;
+  /// One fp32 K panel: dst[d][n] = src[n·row_stride + d] for d < dim, n < rows ≤ panel (row
+  /// elements contiguous), 0 for rows ≤ n < panel.
+  void (*transpose_panel)(const float* src, std::int64_t row_stride, int rows, std::int64_t dim,
+                          float* dst) = nullptr;
 };
 
 const FlashKernel& flash_kernel_scalar();

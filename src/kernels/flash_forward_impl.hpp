@@ -348,7 +348,7 @@ void tanh_values(float* values, std::int64_t n) {
 
 const FlashKernel& kernel() {
   static const FlashKernel k{SDPA_KERNEL_NAME, kPanel, kBlockRows, kBlockKeys, kBf16Products,
-                             &forward_block, &tanh_values};
+                             &forward_block, &tanh_values, &transpose_panel};
   return k;
 }
 

@@ -157,3 +157,69 @@ inline void key_group_row_ranges(const std::int64_t* begin, const std::int64_t* 
     }
   }
 }
+
+#if defined(__AVX512F__)
+// r[i] becomes column i of the 16 × 16 matrix whose rows are r[0..15]: pairs of rows interleaved,
+// then 4 × 4 blocks within 128-bit lanes, then the lanes themselves (64 shuffles for 256 elements).
+inline void transpose16(__m512 (&r)[16]) {
+  __m512 t[16], u[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // u[4j + c]: lane k holds column 4k + c of rows 4j .. 4j + 3.
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    u[4 * j] = _mm512_shuffle_ps(t[4 * j], t[4 * j + 2], 0x44);
+    u[4 * j + 1] = _mm512_shuffle_ps(t[4 * j], t[4 * j + 2], 0xEE);
+    u[4 * j + 2] = _mm512_shuffle_ps(t[4 * j + 1], t[4 * j + 3], 0x44);
+    u[4 * j + 3] = _mm512_shuffle_ps(t[4 * j + 1], t[4 * j + 3], 0xEE);
+  }
+  // t[c] (c < 4): columns c, 8 + c of rows 0..7 (lanes: c of rows 0–3, 8 + c of 0–3, c of 4–7,
+  // 8 + c of 4–7); t[4 + c]: columns 4 + c, 12 + c likewise; t[8 + ·]: the same for rows 8..15.
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) {
+    t[c] = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88);
+    t[4 + c] = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);
+    t[8 + c] = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88);
+    t[12 + c] = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xDD);
+  }
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) {
+    r[c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0x88);
+    r[8 + c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0xDD);
+    r[4 + c] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0x88);
+    r[12 + c] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0xDD);
+  }
+}
+#endif
+
+// One B panel from rows: dst[d][n] = src[n·row_stride + d] for d < dim and n < rows (rows ≤
+// kPanel, each row's dim elements contiguous), 0 for n ≥ rows — K (and, in the backward, Vᵀ)
+// packed for the microkernel. On AVX-512 by 16 × 16 register transposes, else element by element.
+void transpose_panel(const float* src, std::int64_t row_stride, int rows, std::int64_t dim,
+                     float* dst) {
+#if defined(__AVX512F__)
+  static_assert(kPanel == 32, "two 16-row halves per panel");
+  for (std::int64_t d0 = 0; d0 < dim; d0 += 16) {
+    const int width = static_cast<int>(min_i64(16, dim - d0));
+    const __mmask16 columns = static_cast<__mmask16>((1u << width) - 1);
+    for (int half = 0; half < 2; ++half) {
+      __m512 r[16];
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) {
+        const int n = 16 * half + i;
+        r[i] = n < rows ? _mm512_maskz_loadu_ps(columns, src + n * row_stride + d0)
+                        : _mm512_setzero_ps();
+      }
+      transpose16(r);
+      for (int i = 0; i < width; ++i) _mm512_storeu_ps(dst + (d0 + i) * kPanel + 16 * half, r[i]);
+    }
+  }
+#else
+  for (std::int64_t d = 0; d < dim; ++d)
+    for (int n = 0; n < kPanel; ++n)
+      dst[d * kPanel + n] = n < rows ? src[n * row_stride + d] : 0.0f;
+#endif
+}
