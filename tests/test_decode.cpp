@@ -159,35 +159,16 @@ TEST(Decode, LongContextSingleQueryMatchesReference) {
 }
 
 // A value row that is NaN but hidden from a row by the mask does not reach that row (the kernel
-// skips keys whose probability is 0), while rows that see it become NaN.
-TEST(Decode, NanValueOfAMaskedKeyReachesOnlyRowsThatSeeIt) {
-  Rng rng(13);
-  Inputs in = random_inputs(rng, 1, 4, 1, 1, 600, 16, 16);
-  in.mask.emplace(DType::boolean, std::vector<std::int64_t>{1, 4, 1, 600});
+// skips keys whose probability is 0), while rows that see it become NaN: key 300's value is NaN
+// in every kv-head, and the mask hides it from query head `hidden` only (Lq = 1, Lk = 600, D = 16).
+void expect_nan_value_reaches_only_heads_that_see_it(std::uint64_t seed, std::int64_t heads_q,
+                                                     std::int64_t heads_kv, std::int64_t hidden) {
+  Rng rng(seed);
+  Inputs in = random_inputs(rng, 1, heads_q, heads_kv, 1, 600, 16, 16);
+  in.mask.emplace(DType::boolean, std::vector<std::int64_t>{1, heads_q, 1, 600});
   in.mask->fill(
-      [&](const Index& x) { return static_cast<std::uint8_t>(x[1] != 2 || x[3] != 300); });
-  for (std::int64_t d = 0; d < 16; ++d)
-    in.v.at({0, 0, 300, d}) = std::numeric_limits<float>::quiet_NaN();
-  OutputLayouts layouts;
-  layouts.want_weights = false;  // (weights would take the prefill plan)
-  OutputBuffers buffers = in.make_outputs(layouts);
-  for (Isa isa : supported_isas()) {
-    in.run(buffers, isa, 2);
-    for (std::int64_t h = 0; h < 4; ++h)
-      EXPECT_EQ(std::isnan(buffers.out.at({0, h, 0, 0})), h != 2)
-          << "head " << h << ", " << isa_name(isa);
-  }
-}
-
-// The same with one query row per kv-head (multi-head attention at Lq = 1 runs single-row blocks):
-// head 1's mask hides key 300, whose value is NaN in both kv-heads; head 0 sees it.
-TEST(Decode, NanValueOfAMaskedKeyStaysOutOfASingleRowGroup) {
-  Rng rng(17);
-  Inputs in = random_inputs(rng, 1, 2, 2, 1, 600, 16, 16);
-  in.mask.emplace(DType::boolean, std::vector<std::int64_t>{1, 2, 1, 600});
-  in.mask->fill(
-      [&](const Index& x) { return static_cast<std::uint8_t>(x[1] != 1 || x[3] != 300); });
-  for (std::int64_t h = 0; h < 2; ++h)
+      [&](const Index& x) { return static_cast<std::uint8_t>(x[1] != hidden || x[3] != 300); });
+  for (std::int64_t h = 0; h < heads_kv; ++h)
     for (std::int64_t d = 0; d < 16; ++d)
       in.v.at({0, h, 300, d}) = std::numeric_limits<float>::quiet_NaN();
   OutputLayouts layouts;
@@ -195,11 +176,21 @@ TEST(Decode, NanValueOfAMaskedKeyStaysOutOfASingleRowGroup) {
   OutputBuffers buffers = in.make_outputs(layouts);
   for (Isa isa : supported_isas()) {
     in.run(buffers, isa, 2);
-    for (std::int64_t h = 0; h < 2; ++h)
+    for (std::int64_t h = 0; h < heads_q; ++h)
       for (std::int64_t d = 0; d < 16; ++d)
-        EXPECT_EQ(std::isnan(buffers.out.at({0, h, 0, d})), h == 0)
+        EXPECT_EQ(std::isnan(buffers.out.at({0, h, 0, d})), h != hidden)
             << "head " << h << ", column " << d << ", " << isa_name(isa);
   }
+}
+
+// Four query heads of one kv-head: a block of 4 rows.
+TEST(Decode, NanValueOfAMaskedKeyReachesOnlyRowsThatSeeIt) {
+  expect_nan_value_reaches_only_heads_that_see_it(13, 4, 1, 2);
+}
+
+// One query row per kv-head (multi-head attention at Lq = 1 runs single-row blocks).
+TEST(Decode, NanValueOfAMaskedKeyStaysOutOfASingleRowGroup) {
+  expect_nan_value_reaches_only_heads_that_see_it(17, 2, 2, 1);
 }
 
 // fuzz_forward's finding (fuzz/findings/fuzz_forward-row-finite-where-reference-is-not): a key the

@@ -77,12 +77,12 @@ void bf16_microkernel(const std::uint32_t* a, std::int64_t lda, const std::uint1
 }
 
 // C = A·B where row group g computes only the column panels in [lo[g], hi[g)) (multiples of
-// kPanel), over the whole (even) depth; C's other panels are left as they were.
+// kPanel), over the whole (even) depth; C's other panels are left as they were. Each row's lane
+// maxima over the panels computed are folded into row_max ([rows][kLanes]), as panel_gemm_cols's.
 inline void bf16_panel_gemm_cols(const std::uint32_t* a, std::int64_t lda, std::int64_t rows,
                                  const std::uint16_t* b, std::int64_t b_panel_stride,
                                  std::int64_t depth, float* c, std::int64_t ldc,
-                                 const std::int64_t* lo, const std::int64_t* hi,
-                                 float* row_max = nullptr) {
+                                 const std::int64_t* lo, const std::int64_t* hi, float* row_max) {
   std::int64_t cols = 0;
   for (std::int64_t g = 0; g < rows / kMicroRows; ++g) cols = max_i64(cols, hi[g]);
   for (std::int64_t col = 0; col < cols; col += kPanel) {
@@ -90,11 +90,8 @@ inline void bf16_panel_gemm_cols(const std::uint32_t* a, std::int64_t lda, std::
     for (std::int64_t r = 0; r < rows; r += kMicroRows) {
       const std::int64_t g = r / kMicroRows;
       if (col < lo[g] || col >= hi[g]) continue;
-      if (row_max != nullptr)
-        bf16_microkernel<false, true>(a + r * lda, lda, b_panel, 0, depth, c + r * ldc + col, ldc,
-                                      row_max + r * kLanes);
-      else
-        bf16_microkernel<false>(a + r * lda, lda, b_panel, 0, depth, c + r * ldc + col, ldc);
+      bf16_microkernel<false, true>(a + r * lda, lda, b_panel, 0, depth, c + r * ldc + col, ldc,
+                                    row_max + r * kLanes);
     }
   }
 }
